@@ -1,0 +1,27 @@
+# make demo  -- install into .venv and run the main job on the built-in sprite world
+# make test  -- install with dev extras and run the test suite
+VENV ?= .venv
+PYTHON ?= python3
+BIN := $(VENV)/bin
+
+.PHONY: demo test lint clean
+
+# torch first, pinned: pip takes the local CPU build where there is one, and a range that
+# 2.13.0 satisfies then pulls in nothing more (no GPU wheels on a CPU machine).
+$(VENV)/.installed: pyproject.toml
+	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
+	$(BIN)/pip install --quiet torch==2.13.0
+	$(BIN)/pip install --quiet -e ".[dev]"
+	touch $@
+
+demo: $(VENV)/.installed
+	$(BIN)/ringworld demo --out runs/demo
+
+test: $(VENV)/.installed
+	$(BIN)/python -m pytest -q
+
+lint: $(VENV)/.installed
+	$(BIN)/ruff check .
+
+clean:
+	rm -rf runs .pytest_cache .ruff_cache .hypothesis

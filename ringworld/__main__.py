@@ -1,0 +1,5 @@
+import sys
+
+from ringworld.cli import main
+
+sys.exit(main())

@@ -1,0 +1,199 @@
+"""The `ringworld` command. Each subcommand's --help says what it does and what it writes."""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+DESCRIPTION = """\
+ringworld: one decoder-only transformer over text, image, video and action tokens.
+
+The built-in sprite world makes its own data, so everything runs offline:
+  ringworld world sample --out runs/samples      look at the world (PNG, GIF, JSONL)
+  ringworld tokenizer train --out runs/tok       train the text BPE and the vision tokenizer
+  ringworld data ingest FOLDER --tokenizer runs/tok --out runs/shards   your images/videos -> token shards
+  ringworld demo --out runs/demo                 all of the above, with a summary
+"""
+
+
+def _positive_int(text: str) -> int:
+    value = int(text)
+    if value < 1:
+        raise argparse.ArgumentTypeError(f"must be >= 1, got {value}")
+    return value
+
+
+def _levels(text: str) -> tuple[int, ...]:
+    try:
+        levels = tuple(int(x) for x in text.split(","))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"levels are comma-separated integers like 8,5,5,5, got {text!r}") from None
+    return levels
+
+
+def _world_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--frame-size", type=int, default=32, help="frame side in pixels, 32 to 128 (default: 32)")
+    p.add_argument("--max-objects", type=_positive_int, default=3, help="at most this many objects a scene (default: 3)")
+
+
+def _world_config(args: argparse.Namespace):
+    from ringworld.world.sim import WorldConfig
+
+    return WorldConfig(frame_size=args.frame_size, max_objects=args.max_objects)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(
+        prog="ringworld", description=DESCRIPTION, formatter_class=argparse.RawDescriptionHelpFormatter
+    )
+    commands = parser.add_subparsers(dest="command", metavar="COMMAND", required=True)
+
+    world = commands.add_parser("world", help="the built-in sprite world").add_subparsers(
+        dest="action", metavar="ACTION", required=True
+    )
+    sample = world.add_parser(
+        "sample", help="write world samples to look at",
+        description="Write N episodes of the sprite world: images/*.png (first frame), videos/*.gif (a "
+        "rollout), contact_sheet.png, and samples.jsonl with every state, captions, a question and its answer.",
+    )
+    sample.add_argument("--out", type=Path, required=True, help="output folder")
+    sample.add_argument("--n", type=_positive_int, default=16, help="episodes (default: 16)")
+    sample.add_argument("--frames", type=_positive_int, default=8, help="frames per episode (default: 8)")
+    sample.add_argument("--scale", type=_positive_int, default=4, help="upscale factor for the files (default: 4)")
+    sample.add_argument("--seed", type=int, default=0)
+    _world_args(sample)
+    sample.set_defaults(run=_world_sample)
+
+    tokenizer = commands.add_parser("tokenizer", help="train and check the tokenizers").add_subparsers(
+        dest="action", metavar="ACTION", required=True
+    )
+    train = tokenizer.add_parser(
+        "train", help="train the text BPE and the vision tokenizer on the world",
+        description="Train byte-level BPE on world captions and questions, and the FSQ vision autoencoder on "
+        "world frames; then measure PSNR, oracle agreement and codebook use on held-out frames. Writes OUT/"
+        "tokenizer.json, OUT/vision/{config.json,model.safetensors}, OUT/vocab.json and OUT/metrics.json "
+        "(atomically: an interrupted run leaves an earlier OUT as it was).",
+    )
+    train.add_argument("--out", type=Path, required=True, help="output folder")
+    train.add_argument("--max-seconds", type=float, default=240.0,
+                       help="time budget for the vision training; the LR schedule is fitted to it (default: 240)")
+    train.add_argument("--steps", type=_positive_int, default=2400, help="at most this many steps (default: 2400)")
+    train.add_argument("--batch-size", type=_positive_int, default=64, help="frames per step (default: 64)")
+    train.add_argument("--patch", type=_positive_int, default=4, help="pixels per code along each side (default: 4)")
+    train.add_argument("--levels", type=_levels, default=(8, 5, 5, 5),
+                       help="FSQ levels; the codebook size is their product (default: 8,5,5,5)")
+    train.add_argument("--channels", type=_positive_int, default=96, help="autoencoder width (default: 96)")
+    train.add_argument("--text-vocab", type=_positive_int, default=512, help="BPE vocabulary size (default: 512)")
+    train.add_argument("--seed", type=int, default=0)
+    _world_args(train)
+    train.set_defaults(run=_tokenizer_train)
+
+    check = tokenizer.add_parser(
+        "eval", help="measure a trained tokenizer on held-out world frames",
+        description="Print PSNR, oracle agreement and codebook use of a tokenizer folder on held-out world frames.",
+    )
+    check.add_argument("tokenizer", type=Path, help="folder written by `ringworld tokenizer train`")
+    check.add_argument("--frames", type=_positive_int, default=2000, help="held-out frames (default: 2000)")
+    check.set_defaults(run=_tokenizer_eval)
+
+    data = commands.add_parser("data", help="turn your images and videos into token shards").add_subparsers(
+        dest="action", metavar="ACTION", required=True
+    )
+    ingest = data.add_parser(
+        "ingest", help="images/videos + captions.jsonl -> token shards",
+        description="Read every image (PNG/JPEG/...) and video (MP4/GIF/...) under SOURCE, centre-crop and resize "
+        "to the tokenizer's frame size, pair each with its caption from captions.jsonl (lines "
+        '{"file": "relative/path", "caption": "..."}), and write token shards (memmap + index.json) to OUT. '
+        "Unreadable files are reported by name and skipped.",
+    )
+    ingest.add_argument("source", type=Path, help="folder of images and videos")
+    ingest.add_argument("--tokenizer", type=Path, required=True, help="folder written by `ringworld tokenizer train`")
+    ingest.add_argument("--out", type=Path, required=True, help="output folder for the shards")
+    ingest.add_argument("--captions", type=Path, default=None, help="captions JSONL (default: SOURCE/captions.jsonl)")
+    ingest.add_argument("--max-frames", type=_positive_int, default=8, help="frames kept per video (default: 8)")
+    ingest.add_argument("--stride", type=_positive_int, default=1, help="keep every Nth video frame (default: 1)")
+    ingest.set_defaults(run=_data_ingest)
+
+    demo = commands.add_parser(
+        "demo", help="the main job on the built-in world",
+        description="Sample the world, train the tokenizers and report their quality. (Training and judging "
+        "the world model join this job as they land.)",
+    )
+    demo.add_argument("--out", type=Path, default=Path("runs/demo"), help="output folder (default: runs/demo)")
+    demo.add_argument("--max-seconds", type=float, default=240.0, help="vision tokenizer time budget (default: 240)")
+    demo.add_argument("--seed", type=int, default=0)
+    demo.set_defaults(run=_demo)
+    return parser
+
+
+def _world_sample(args: argparse.Namespace) -> None:
+    from ringworld.world.export import write_samples
+
+    out = write_samples(args.out, args.n, seed=args.seed, frames=args.frames, scale=args.scale,
+                        config=_world_config(args))
+    print(f"wrote {args.n} episodes to {out}/ (images/, videos/, contact_sheet.png, samples.jsonl)")
+
+
+def _tokenizer_train(args: argparse.Namespace) -> None:
+    from ringworld.jobs.tokenizer import train_tokenizers
+    from ringworld.tokens.vision import VisionConfig
+
+    vision = VisionConfig(frame_size=args.frame_size, patch=args.patch, levels=args.levels, channels=args.channels)
+    metrics = train_tokenizers(
+        args.out, world=_world_config(args), vision=vision, text_vocab_size=args.text_vocab,
+        steps=args.steps, max_seconds=args.max_seconds, batch_size=args.batch_size, seed=args.seed,
+    )
+    print(_metrics_table(metrics))
+    print(f"wrote {args.out}/")
+
+
+def _tokenizer_eval(args: argparse.Namespace) -> None:
+    from ringworld.jobs.tokenizer import evaluate_tokenizer_dir
+
+    print(_metrics_table(evaluate_tokenizer_dir(args.tokenizer, args.frames)))
+
+
+def _data_ingest(args: argparse.Namespace) -> None:
+    from ringworld.data.ingest import ingest
+    from ringworld.tokens.bundle import load_codec
+
+    report = ingest(args.source, load_codec(args.tokenizer), args.out, captions=args.captions,
+                    max_frames=args.max_frames, stride=args.stride)
+    print(report.summary())
+
+
+def _demo(args: argparse.Namespace) -> None:
+    from ringworld.jobs.demo import run_demo
+
+    run_demo(args.out, max_seconds=args.max_seconds, seed=args.seed)
+
+
+def _metrics_table(metrics: dict) -> str:
+    rows = [
+        ("PSNR (dB)", f"{metrics['psnr']:.2f}"),
+        ("oracle agreement (exact)", f"{metrics['oracle_agreement']:.4f}"),
+        ("oracle agreement (±1 px)", f"{metrics['oracle_agreement_1px']:.4f}"),
+        ("codebook utilisation", f"{metrics['codebook_utilization']:.3f}"),
+    ]
+    if "train_seconds" in metrics:
+        rows.append(("training (s)", f"{metrics['train_seconds']:.1f} ({metrics['train_steps']} steps)"))
+    width = max(len(k) for k, _ in rows)
+    return "\n".join(f"{k:<{width}}  {v}" for k, v in rows)
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        args.run(args)
+    except (ValueError, FileNotFoundError) as e:  # user-facing problems: say what, not where
+        print(f"ringworld: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("ringworld: interrupted", file=sys.stderr)
+        return 130
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,106 @@
+"""Reading and writing images and videos: PNG/JPEG and GIF with Pillow, MP4 with PyAV.
+
+Frames are uint8 RGB arrays: an image (H, W, 3), a video (T, H, W, 3).
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import av
+import numpy as np
+from PIL import Image as PILImage
+
+IMAGE_SUFFIXES = {".png", ".jpg", ".jpeg", ".bmp", ".webp"}
+VIDEO_SUFFIXES = {".mp4", ".gif", ".mov", ".webm", ".mkv", ".avi"}
+
+
+class MediaError(ValueError):
+    """A file could not be read as an image or video."""
+
+
+def upscale(frames: np.ndarray, factor: int) -> np.ndarray:
+    """Nearest-neighbour upscaling of (..., H, W, 3) so small frames are visible to a person."""
+    return frames.repeat(factor, axis=-3).repeat(factor, axis=-2) if factor > 1 else frames
+
+
+def write_image(path: str | Path, frame: np.ndarray, scale: int = 1) -> None:
+    PILImage.fromarray(upscale(frame, scale)).save(path)
+
+
+def write_gif(path: str | Path, frames: np.ndarray, scale: int = 1, fps: float = 4.0) -> None:
+    images = [PILImage.fromarray(f) for f in upscale(frames, scale)]
+    images[0].save(path, save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
+
+
+def write_mp4(path: str | Path, frames: np.ndarray, fps: int = 8) -> None:
+    """H.264 MP4 (yuv420p, so height and width must be even)."""
+    _, h, w, _ = frames.shape
+    with av.open(str(path), mode="w") as container:
+        stream = container.add_stream("libx264", rate=fps)
+        stream.width, stream.height, stream.pix_fmt = w, h, "yuv420p"
+        for frame in frames:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+
+
+def write_video(path: str | Path, frames: np.ndarray, scale: int = 1, fps: float = 4.0) -> None:
+    """Write a GIF or an MP4, chosen by the file's suffix."""
+    suffix = Path(path).suffix.lower()
+    if suffix == ".gif":
+        write_gif(path, frames, scale, fps)
+    elif suffix == ".mp4":
+        write_mp4(path, upscale(frames, scale), fps=max(1, round(fps)))
+    else:
+        raise ValueError(f"cannot write video {path}: use a .gif or .mp4 file name")
+
+
+def read_image(path: str | Path) -> np.ndarray:
+    """(H, W, 3) uint8 RGB from any image Pillow reads."""
+    try:
+        with PILImage.open(path) as image:
+            return np.asarray(image.convert("RGB"))
+    except (OSError, ValueError) as e:
+        raise MediaError(f"cannot read image {path}: {e}") from None
+
+
+def read_video(path: str | Path, max_frames: int | None = None, stride: int = 1) -> np.ndarray:
+    """(T, H, W, 3) uint8 RGB: every ``stride``-th frame, at most ``max_frames`` of them.
+    GIFs are read with Pillow, everything else with PyAV."""
+    if stride < 1:
+        raise ValueError(f"stride must be >= 1, got {stride}")
+    frames: list[np.ndarray] = []
+    try:
+        for i, frame in enumerate(_iter_frames(path)):
+            if i % stride == 0:
+                frames.append(frame)
+                if max_frames is not None and len(frames) >= max_frames:
+                    break
+    except (OSError, ValueError, av.error.FFmpegError) as e:
+        raise MediaError(f"cannot read video {path}: {e}") from None
+    if not frames:
+        raise MediaError(f"cannot read video {path}: it has no frames")
+    return np.stack(frames)
+
+
+def _iter_frames(path: str | Path):
+    if Path(path).suffix.lower() == ".gif":
+        with PILImage.open(path) as image:
+            for i in range(getattr(image, "n_frames", 1)):
+                image.seek(i)
+                yield np.asarray(image.convert("RGB"))
+        return
+    with av.open(str(path)) as container:
+        for frame in container.decode(video=0):
+            yield frame.to_ndarray(format="rgb24")
+
+
+def fit_square(frame: np.ndarray, size: int) -> np.ndarray:
+    """Centre-crop to a square, then resize to ``size`` x ``size`` (area filter when shrinking)."""
+    h, w, _ = frame.shape
+    side = min(h, w)
+    top, left = (h - side) // 2, (w - side) // 2
+    crop = PILImage.fromarray(frame[top : top + side, left : left + side])
+    if side != size:
+        crop = crop.resize((size, size), PILImage.Resampling.BOX if side > size else PILImage.Resampling.BICUBIC)
+    return np.asarray(crop)

@@ -1,0 +1,50 @@
+"""A tokenizer directory: everything that turns documents into ids, saved together.
+
+    DIR/tokenizer.json          text BPE (Hugging Face tokenizers)
+    DIR/vision/config.json      vision autoencoder config
+    DIR/vision/model.safetensors
+    DIR/vocab.json              id ranges of the one vocabulary, and the image grid
+    DIR/metrics.json            how well the vision tokenizer reconstructs (written by training)
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import torch
+
+from ringworld.tokens.codec import Codec
+from ringworld.tokens.text import TextTokenizer
+from ringworld.tokens.vision import VisionTokenizer
+from ringworld.tokens.vocab import Vocab
+
+
+def save_tokenizers(directory: str | Path, text: TextTokenizer, vision: VisionTokenizer) -> None:
+    """Write a tokenizer directory (use ``ringworld.io.atomic_directory`` around it to be atomic)."""
+    directory = Path(directory)
+    text.save(directory)
+    vision.save(directory / "vision")
+    codec = Codec.build(text, vision)
+    meta = {"vocab": codec.vocab.to_json(), "grid": list(codec.grid), "frame_size": vision.frame_size}
+    (directory / "vocab.json").write_text(json.dumps(meta, indent=2) + "\n")
+
+
+def load_codec(directory: str | Path, device: str | torch.device = "cpu") -> Codec:
+    """The codec of a tokenizer directory written by ``ringworld tokenizer train``."""
+    directory = Path(directory)
+    if not (directory / "vocab.json").exists():
+        raise FileNotFoundError(
+            f"{directory} is not a tokenizer directory (no vocab.json); "
+            f"make one with `ringworld tokenizer train --out {directory}`"
+        )
+    text = TextTokenizer.load(directory)
+    vision = VisionTokenizer.load(directory / "vision", device=device)
+    codec = Codec.build(text, vision)
+    saved = Vocab.from_json(json.loads((directory / "vocab.json").read_text())["vocab"])
+    if saved != codec.vocab:
+        raise ValueError(
+            f"{directory}/vocab.json does not match its tokenizers ({saved} vs {codec.vocab}); "
+            f"the directory was edited by hand: train it again"
+        )
+    return codec

@@ -1,0 +1,121 @@
+"""Task samplers: seeded world episodes turned into documents, with the truth kept for scoring.
+
+| task          | document                                              | loss on          |
+| ------------- | ----------------------------------------------------- | ---------------- |
+| text_to_image | Text(caption), Image                                  | the image        |
+| image_to_text | Image, Text(caption)                                  | the caption      |
+| text_to_video | Text(caption with motion), Video                      | the video        |
+| predict       | Video(frames: the first ``context`` then the future)  | every frame      |
+| act           | Video(frames, actions between them), agent present    | the frames       |
+| qa            | Image or Video, Text(question), Text(answer)          | the answer       |
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+
+from ringworld.documents import ACTIONS, Document, Image, Text, Video
+from ringworld.world.captions import caption, question
+from ringworld.world.sim import State, WorldConfig, random_state, render, rollout
+
+
+@dataclass
+class TaskSample:
+    task: str
+    document: Document
+    states: list[State]  # the state behind every frame, in order
+    actions: list[str] | None = None
+    answer: str | None = None  # qa only
+    meta: dict = field(default_factory=dict)
+
+
+@dataclass(frozen=True)
+class TaskConfig:
+    world: WorldConfig = field(default_factory=WorldConfig)
+    video_frames: int = 4  # frames in text_to_video, predict and act documents
+
+
+def text_to_image(rng: np.random.Generator, cfg: TaskConfig) -> TaskSample:
+    state = random_state(rng, cfg.world, agent=False)
+    doc = [Text(caption(state, rng), loss=False), Image(pixels=render(state))]
+    return TaskSample("text_to_image", doc, [state])
+
+
+def image_to_text(rng: np.random.Generator, cfg: TaskConfig) -> TaskSample:
+    state = random_state(rng, cfg.world, agent=False)
+    doc = [Image(pixels=render(state), loss=False), Text(caption(state, rng))]
+    return TaskSample("image_to_text", doc, [state])
+
+
+def text_to_video(rng: np.random.Generator, cfg: TaskConfig) -> TaskSample:
+    states = rollout(random_state(rng, cfg.world), cfg.video_frames - 1)
+    doc = [Text(caption(states[0], rng, motion=True), loss=False), Video(pixels=render(states))]
+    return TaskSample("text_to_video", doc, states)
+
+
+def predict(rng: np.random.Generator, cfg: TaskConfig) -> TaskSample:
+    states = rollout(random_state(rng, cfg.world), cfg.video_frames - 1)
+    return TaskSample("predict", [Video(pixels=render(states))], states)
+
+
+def act(rng: np.random.Generator, cfg: TaskConfig) -> TaskSample:
+    actions = [ACTIONS[int(i)] for i in rng.integers(len(ACTIONS), size=cfg.video_frames - 1)]
+    states = rollout(random_state(rng, cfg.world, agent=True), cfg.video_frames - 1, actions)
+    return TaskSample("act", [Video(pixels=render(states), actions=actions)], states, actions)
+
+
+def qa(rng: np.random.Generator, cfg: TaskConfig) -> TaskSample:
+    video = bool(rng.random() < 0.5)
+    states = rollout(random_state(rng, cfg.world), cfg.video_frames - 1 if video else 0)
+    # "which way is it moving?" is only fair when no object bounced during the clip
+    steady = all((o.vx, o.vy) == (p.vx, p.vy) for s in states for o, p in zip(s.objects, states[0].objects))
+    q, a = question(states[0], rng, video=video and steady)
+    frames = render(states)
+    seen = Video(pixels=frames, loss=False) if video else Image(pixels=frames[0], loss=False)
+    return TaskSample("qa", [seen, Text(q, loss=False), Text(a)], states, answer=a)
+
+
+TASKS: dict[str, Callable[[np.random.Generator, TaskConfig], TaskSample]] = {
+    "text_to_image": text_to_image,
+    "image_to_text": image_to_text,
+    "text_to_video": text_to_video,
+    "predict": predict,
+    "act": act,
+    "qa": qa,
+}
+
+
+def sample_task(name: str, rng: np.random.Generator, cfg: TaskConfig = TaskConfig()) -> TaskSample:
+    if name not in TASKS:
+        raise ValueError(f"unknown task {name!r}; tasks are {', '.join(TASKS)}")
+    return TASKS[name](rng, cfg)
+
+
+def sample_mixture(
+    rng: np.random.Generator, weights: dict[str, float] | None = None, cfg: TaskConfig = TaskConfig()
+) -> TaskSample:
+    """One sample from a weighted mixture of tasks (uniform when ``weights`` is None)."""
+    weights = weights or dict.fromkeys(TASKS, 1.0)
+    unknown = set(weights) - set(TASKS)
+    if unknown:
+        raise ValueError(f"unknown task(s) {', '.join(sorted(unknown))}; tasks are {', '.join(TASKS)}")
+    names = list(weights)
+    p = np.array([weights[n] for n in names], dtype=float)
+    if (p < 0).any() or p.sum() <= 0:
+        raise ValueError(f"task weights must be >= 0 and not all zero, got {weights}")
+    return sample_task(names[int(rng.choice(len(names), p=p / p.sum()))], rng, cfg)
+
+
+def caption_corpus(n: int, seed: int = 0, cfg: TaskConfig = TaskConfig()) -> list[str]:
+    """Captions, questions and answers of ``n`` random scenes: the text tokenizer's default corpus."""
+    rng = np.random.default_rng(seed)
+    corpus = []
+    for i in range(n):
+        states = rollout(random_state(rng, cfg.world, agent=bool(i % 2)), 1)
+        video = bool(i % 3 == 0)
+        q, a = question(states[0], rng, video=video)
+        corpus += [caption(states[0], rng, motion=video), q, a]
+    return corpus
