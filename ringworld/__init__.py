@@ -1,2 +1,3 @@
 """ringworld: one transformer over text, image, video and action tokens."""
+
 __version__ = "0.1.0"

@@ -34,7 +34,9 @@ def _levels(text: str) -> tuple[int, ...]:
 
 def _world_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--frame-size", type=int, default=32, help="frame side in pixels, 32 to 128 (default: 32)")
-    p.add_argument("--max-objects", type=_positive_int, default=3, help="at most this many objects a scene (default: 3)")
+    p.add_argument(
+        "--max-objects", type=_positive_int, default=3, help="at most this many objects a scene (default: 3)"
+    )
 
 
 def _world_config(args: argparse.Namespace):
@@ -53,7 +55,8 @@ def build_parser() -> argparse.ArgumentParser:
         dest="action", metavar="ACTION", required=True
     )
     sample = world.add_parser(
-        "sample", help="write world samples to look at",
+        "sample",
+        help="write world samples to look at",
         description="Write N episodes of the sprite world: images/*.png (first frame), videos/*.gif (a "
         "rollout), contact_sheet.png, and samples.jsonl with every state, captions, a question and its answer.",
     )
@@ -69,28 +72,39 @@ def build_parser() -> argparse.ArgumentParser:
         dest="action", metavar="ACTION", required=True
     )
     train = tokenizer.add_parser(
-        "train", help="train the text BPE and the vision tokenizer on the world",
+        "train",
+        help="train the text BPE and the vision tokenizer on the world",
         description="Train byte-level BPE on world captions and questions, and the FSQ vision autoencoder on "
         "world frames; then measure PSNR, oracle agreement and codebook use on held-out frames. Writes OUT/"
         "tokenizer.json, OUT/vision/{config.json,model.safetensors}, OUT/vocab.json and OUT/metrics.json "
         "(atomically: an interrupted run leaves an earlier OUT as it was).",
     )
     train.add_argument("--out", type=Path, required=True, help="output folder")
-    train.add_argument("--max-seconds", type=float, default=240.0,
-                       help="time budget for the vision training; the LR schedule is fitted to it (default: 240)")
-    train.add_argument("--steps", type=_positive_int, default=2400, help="at most this many steps (default: 2400)")
+    train.add_argument(
+        "--max-seconds",
+        type=float,
+        default=240.0,
+        help="time budget for the vision training; the LR schedule is fitted to it (default: 240)",
+    )
+    train.add_argument("--steps", type=_positive_int, default=6000, help="at most this many steps (default: 6000)")
+    train.add_argument("--lr", type=float, default=5e-3, help="peak learning rate (default: 5e-3)")
     train.add_argument("--batch-size", type=_positive_int, default=64, help="frames per step (default: 64)")
     train.add_argument("--patch", type=_positive_int, default=4, help="pixels per code along each side (default: 4)")
-    train.add_argument("--levels", type=_levels, default=(8, 5, 5, 5),
-                       help="FSQ levels; the codebook size is their product (default: 8,5,5,5)")
-    train.add_argument("--channels", type=_positive_int, default=96, help="autoencoder width (default: 96)")
+    train.add_argument(
+        "--levels",
+        type=_levels,
+        default=(8, 5, 5, 5),
+        help="FSQ levels; the codebook size is their product (default: 8,5,5,5)",
+    )
+    train.add_argument("--channels", type=_positive_int, default=64, help="autoencoder width (default: 64)")
     train.add_argument("--text-vocab", type=_positive_int, default=512, help="BPE vocabulary size (default: 512)")
     train.add_argument("--seed", type=int, default=0)
     _world_args(train)
     train.set_defaults(run=_tokenizer_train)
 
     check = tokenizer.add_parser(
-        "eval", help="measure a trained tokenizer on held-out world frames",
+        "eval",
+        help="measure a trained tokenizer on held-out world frames",
         description="Print PSNR, oracle agreement and codebook use of a tokenizer folder on held-out world frames.",
     )
     check.add_argument("tokenizer", type=Path, help="folder written by `ringworld tokenizer train`")
@@ -101,7 +115,8 @@ def build_parser() -> argparse.ArgumentParser:
         dest="action", metavar="ACTION", required=True
     )
     ingest = data.add_parser(
-        "ingest", help="images/videos + captions.jsonl -> token shards",
+        "ingest",
+        help="images/videos + captions.jsonl -> token shards",
         description="Read every image (PNG/JPEG/...) and video (MP4/GIF/...) under SOURCE, centre-crop and resize "
         "to the tokenizer's frame size, pair each with its caption from captions.jsonl (lines "
         '{"file": "relative/path", "caption": "..."}), and write token shards (memmap + index.json) to OUT. '
@@ -116,7 +131,8 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.set_defaults(run=_data_ingest)
 
     demo = commands.add_parser(
-        "demo", help="the main job on the built-in world",
+        "demo",
+        help="the main job on the built-in world",
         description="Sample the world, train the tokenizers and report their quality. (Training and judging "
         "the world model join this job as they land.)",
     )
@@ -130,8 +146,9 @@ def build_parser() -> argparse.ArgumentParser:
 def _world_sample(args: argparse.Namespace) -> None:
     from ringworld.world.export import write_samples
 
-    out = write_samples(args.out, args.n, seed=args.seed, frames=args.frames, scale=args.scale,
-                        config=_world_config(args))
+    out = write_samples(
+        args.out, args.n, seed=args.seed, frames=args.frames, scale=args.scale, config=_world_config(args)
+    )
     print(f"wrote {args.n} episodes to {out}/ (images/, videos/, contact_sheet.png, samples.jsonl)")
 
 
@@ -141,10 +158,23 @@ def _tokenizer_train(args: argparse.Namespace) -> None:
 
     vision = VisionConfig(frame_size=args.frame_size, patch=args.patch, levels=args.levels, channels=args.channels)
     metrics = train_tokenizers(
-        args.out, world=_world_config(args), vision=vision, text_vocab_size=args.text_vocab,
-        steps=args.steps, max_seconds=args.max_seconds, batch_size=args.batch_size, seed=args.seed,
+        args.out,
+        world=_world_config(args),
+        vision=vision,
+        text_vocab_size=args.text_vocab,
+        steps=args.steps,
+        lr=args.lr,
+        max_seconds=args.max_seconds,
+        batch_size=args.batch_size,
+        seed=args.seed,
     )
     print(_metrics_table(metrics))
+    if metrics["codebook_utilization"] < 0.05:
+        print(
+            "warning: the vision tokenizer collapsed onto a few codes (training diverged); "
+            f"train again with a lower --lr than {args.lr}",
+            file=sys.stderr,
+        )
     print(f"wrote {args.out}/")
 
 
@@ -158,8 +188,14 @@ def _data_ingest(args: argparse.Namespace) -> None:
     from ringworld.data.ingest import ingest
     from ringworld.tokens.bundle import load_codec
 
-    report = ingest(args.source, load_codec(args.tokenizer), args.out, captions=args.captions,
-                    max_frames=args.max_frames, stride=args.stride)
+    report = ingest(
+        args.source,
+        load_codec(args.tokenizer),
+        args.out,
+        captions=args.captions,
+        max_frames=args.max_frames,
+        stride=args.stride,
+    )
     print(report.summary())
 
 

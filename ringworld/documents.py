@@ -11,7 +11,6 @@ The codec turns pixels into codes with the vision tokenizer when it meets them.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Union
 
 import numpy as np
 
@@ -85,5 +84,5 @@ def _check_actions(actions: list[str]) -> None:
             raise ValueError(f"unknown action {a!r}; actions are {', '.join(ACTIONS)}")
 
 
-Segment = Union[Text, Image, Video, Action]
+Segment = Text | Image | Video | Action
 Document = list[Segment]

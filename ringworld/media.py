@@ -28,9 +28,17 @@ def write_image(path: str | Path, frame: np.ndarray, scale: int = 1) -> None:
     PILImage.fromarray(upscale(frame, scale)).save(path)
 
 
+_GIF_COMMENT = "ringworld frame_ms="
+
+
 def write_gif(path: str | Path, frames: np.ndarray, scale: int = 1, fps: float = 4.0) -> None:
+    """Animated GIF. Pillow merges identical consecutive frames into one longer frame, so the
+    per-frame time goes into the GIF comment and ``read_video`` expands merged frames back."""
     images = [PILImage.fromarray(f) for f in upscale(frames, scale)]
-    images[0].save(path, save_all=True, append_images=images[1:], duration=int(1000 / fps), loop=0)
+    frame_ms = round(1000 / fps)
+    images[0].save(
+        path, save_all=True, append_images=images[1:], duration=frame_ms, loop=0, comment=f"{_GIF_COMMENT}{frame_ms}"
+    )
 
 
 def write_mp4(path: str | Path, frames: np.ndarray, fps: int = 8) -> None:
@@ -86,9 +94,17 @@ def read_video(path: str | Path, max_frames: int | None = None, stride: int = 1)
 def _iter_frames(path: str | Path):
     if Path(path).suffix.lower() == ".gif":
         with PILImage.open(path) as image:
+            frames, durations = [], []
             for i in range(getattr(image, "n_frames", 1)):
                 image.seek(i)
-                yield np.asarray(image.convert("RGB"))
+                frames.append(np.asarray(image.convert("RGB")))
+                durations.append(image.info.get("duration") or 0)
+            comment = image.info.get("comment", b"").decode("latin-1")
+        # a frame shown k times as long as the base stands for k identical frames
+        base = int(comment[len(_GIF_COMMENT) :]) if comment.startswith(_GIF_COMMENT) else min(durations)
+        for frame, duration in zip(frames, durations, strict=True):
+            for _ in range(max(1, round(duration / base)) if base > 0 else 1):
+                yield frame
         return
     with av.open(str(path)) as container:
         for frame in container.decode(video=0):

@@ -4,7 +4,7 @@ then reconstruction metrics on held-out frames judged by the world's oracle."""
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, replace
+from dataclasses import asdict
 from pathlib import Path
 
 import numpy as np
@@ -50,7 +50,8 @@ def train_tokenizers(
     vision: VisionConfig | None = None,
     text_vocab_size: int = 512,
     corpus_scenes: int = 5000,
-    steps: int = 2400,
+    steps: int = 6000,
+    lr: float = 5e-3,
     max_seconds: float | None = 240.0,
     batch_size: int = 64,
     seed: int = 0,
@@ -68,8 +69,14 @@ def train_tokenizers(
     text = train_text_tokenizer(caption_corpus(corpus_scenes, seed, TaskConfig(world=world)), text_vocab_size)
     rng = np.random.default_rng(seed)
     result = train_vision_tokenizer(
-        lambda n: world_frames(rng, n, world)[0], vision,
-        steps=steps, max_seconds=max_seconds, batch_size=batch_size, seed=seed, progress=progress,
+        lambda n: world_frames(rng, n, world)[0],
+        vision,
+        steps=steps,
+        lr=lr,
+        max_seconds=max_seconds,
+        batch_size=batch_size,
+        seed=seed,
+        progress=progress,
     )
     metrics = evaluate_vision(result.model, world, eval_frames)
     metrics.update(
@@ -89,7 +96,10 @@ def train_tokenizers(
 
 
 def evaluate_tokenizer_dir(directory: str | Path, eval_frames: int = 2000) -> dict:
-    """Metrics of a saved tokenizer directory on held-out world frames of its own frame size."""
+    """Metrics of a saved tokenizer directory on held-out frames of the world it was trained on
+    (as recorded in its metrics.json; the default world at its frame size otherwise)."""
     codec = load_codec(directory)
-    world = replace(WorldConfig(), frame_size=codec.vision.frame_size)
+    metrics_path = Path(directory) / "metrics.json"
+    recorded = json.loads(metrics_path.read_text()).get("world") if metrics_path.exists() else None
+    world = WorldConfig(**recorded) if recorded else WorldConfig(frame_size=codec.vision.frame_size)
     return evaluate_vision(codec.vision, world, eval_frames)

@@ -1,10 +1,10 @@
 """A tokenizer directory: everything that turns documents into ids, saved together.
 
-    DIR/tokenizer.json          text BPE (Hugging Face tokenizers)
-    DIR/vision/config.json      vision autoencoder config
-    DIR/vision/model.safetensors
-    DIR/vocab.json              id ranges of the one vocabulary, and the image grid
-    DIR/metrics.json            how well the vision tokenizer reconstructs (written by training)
+DIR/tokenizer.json          text BPE (Hugging Face tokenizers)
+DIR/vision/config.json      vision autoencoder config
+DIR/vision/model.safetensors
+DIR/vocab.json              id ranges of the one vocabulary, and the image grid
+DIR/metrics.json            how well the vision tokenizer reconstructs (written by training)
 """
 
 from __future__ import annotations

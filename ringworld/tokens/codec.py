@@ -152,8 +152,7 @@ class Codec:
                 add([sp["<|actions|>"], *acts, sp["<|/actions|>"]], seg.loss)
             else:
                 raise TypeError(
-                    f"segment {i} is a {type(seg).__name__}; a document holds Text, Image, Video "
-                    f"and Action segments"
+                    f"segment {i} is a {type(seg).__name__}; a document holds Text, Image, Video and Action segments"
                 )
             prev = seg
         add([sp["<|eos|>"]], prev.loss if prev is not None else False)
@@ -393,9 +392,7 @@ class _Parser:
             message = f"position {i}: {self.d(i)} inside a document; cut padding off before decoding"
         else:  # BAD
             message = f"position {i}: {self.d(i)}"
-        self.fault(
-            message, "dropped it" if j == i + 1 else f"dropped it and the {j - i - 1} like it after it"
-        )
+        self.fault(message, "dropped it" if j == i + 1 else f"dropped it and the {j - i - 1} like it after it")
         return j
 
     def text(self, i: int, j: int) -> str:
@@ -427,7 +424,7 @@ class _Parser:
                 i += 1
                 break
             if k in (CODE, EOL, EOF):  # a frame (a lone <|eof|> is an empty one)
-                t = len(frames)
+                t, closed = len(frames), True
                 if self.block(i, EOF):
                     frames.append(self.block_codes(i))
                     i += len(self.codec._frame_kinds) + 1
@@ -435,10 +432,10 @@ class _Parser:
                     what = f"video frame {t}"
                     codes, i, closed = self.grid(i, EOF, what, what, p, "<|video|>", CLOSE_VIDEO)
                     frames.append(codes)
-                    if not closed:
-                        break
-                acts.append(None)
+                acts.append(None)  # every frame has an action slot, even one cut short
                 act_at.append(i)
+                if not closed:
+                    break
                 if self.k(i) == ACTION:
                     acts[-1] = self.vocab.action_of(self.ids[i])
                     i += 1
@@ -447,9 +444,7 @@ class _Parser:
                 self.unclosed(i, "a video", p, "<|video|>")
                 break
             hint = " (an action sits right after a frame's <|eof|>)" if k == ACTION else ""
-            self.fault(
-                f"position {i}: {self.d(i)} inside a video (opened at position {p}){hint}", "dropped it"
-            )
+            self.fault(f"position {i}: {self.d(i)} inside a video (opened at position {p}){hint}", "dropped it")
             i += 1
         return Video(codes=self.frames(frames), actions=self.video_actions(acts, act_at, p)), i
 
@@ -543,9 +538,7 @@ class _Parser:
                 if k == parent_close:
                     self.fault(f"position {i}: {what} ends without <|eof|>", "ended the frame there")
                 elif pending:
-                    self.fault(
-                        f"position {i}: {what} row {len(rows)} ends without <|eol|>", "took it as a row"
-                    )
+                    self.fault(f"position {i}: {what} row {len(rows)} ends without <|eol|>", "took it as a row")
                 if pending:
                     rows.append(self.row(pending, row_at, what, len(rows)))
                 return self.pad_rows(rows, i, what), i + (k == close), True
@@ -563,8 +556,7 @@ class _Parser:
         codes = np.concatenate(pending) if pending else np.zeros(0, dtype=np.int64)
         if len(codes) != w:
             self.fault(
-                f"position {at}: {what} row {r} has {_n(len(codes), 'code')}; "
-                f"this tokenizer's grid is {w} wide",
+                f"position {at}: {what} row {r} has {_n(len(codes), 'code')}; this tokenizer's grid is {w} wide",
                 "padded it with code 0" if len(codes) < w else f"cut it to {w}",
             )
             codes = np.pad(codes[:w], (0, max(0, w - len(codes))))

@@ -33,9 +33,7 @@ def _bytes_to_unicode() -> dict[int, str]:
 def train_text_tokenizer(texts: Iterable[str], vocab_size: int = 512) -> TextTokenizer:
     """Train byte-level BPE on ``texts``; every byte is in the vocabulary, so any string encodes."""
     if vocab_size < NUM_BYTES:
-        raise ValueError(
-            f"vocab_size is {vocab_size}; byte-level BPE needs at least {NUM_BYTES} (one per byte)"
-        )
+        raise ValueError(f"vocab_size is {vocab_size}; byte-level BPE needs at least {NUM_BYTES} (one per byte)")
     tok = Tokenizer(models.BPE())
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()

@@ -13,9 +13,9 @@ codebook to collapse, no commitment loss: a straight-through round is all it nee
 from __future__ import annotations
 
 import json
+import math
 import time
 from collections.abc import Callable
-import math
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 
@@ -32,7 +32,7 @@ class VisionConfig:
     frame_size: int = 32  # frames are frame_size x frame_size RGB
     patch: int = 4  # spatial downsampling: one code per patch x patch pixels
     levels: tuple[int, ...] = (8, 5, 5, 5)  # FSQ levels; codebook size = their product
-    channels: int = 96  # width of the conv stack
+    channels: int = 64  # width of the conv stack
     blocks: int = 2  # residual blocks in the encoder and again in the decoder
 
     def __post_init__(self) -> None:
@@ -100,10 +100,16 @@ class VisionTokenizer(nn.Module):
         self.config = config
         c, p, d = config.channels, config.patch, len(config.levels)
         self.encoder = nn.Sequential(
-            nn.Conv2d(3 * p * p, c, 1), *[ResBlock(c) for _ in range(config.blocks)], nn.SiLU(), nn.Conv2d(c, d, 1)
+            nn.Conv2d(3 * p * p, c, 1),
+            *[ResBlock(c) for _ in range(config.blocks)],
+            nn.SiLU(),
+            nn.Conv2d(c, d, 1),
         )
         self.decoder = nn.Sequential(
-            nn.Conv2d(d, c, 1), *[ResBlock(c) for _ in range(config.blocks)], nn.SiLU(), nn.Conv2d(c, 3 * p * p, 1)
+            nn.Conv2d(d, c, 1),
+            *[ResBlock(c) for _ in range(config.blocks)],
+            nn.SiLU(),
+            nn.Conv2d(c, 3 * p * p, 1),
         )
         self.fsq = FSQ(config.levels)
 
@@ -213,53 +219,52 @@ def train_vision_tokenizer(
     sample_frames: Callable[[int], np.ndarray],
     config: VisionConfig = VisionConfig(),
     *,
-    steps: int = 3000,
+    steps: int = 5000,
     max_seconds: float | None = None,
     batch_size: int = 64,
-    lr: float = 2e-3,
+    lr: float = 5e-3,
     seed: int = 0,
     device: str | torch.device = "cpu",
     progress: bool = True,
 ) -> TrainResult:
     """Train on frames from ``sample_frames(n) -> (n, H, W, 3) uint8`` with an MSE loss.
 
-    The learning rate warms up for 2 % of the steps and then follows a cosine to zero; with a
-    ``max_seconds`` budget the cosine is laid over the steps that budget is expected to allow,
-    measured on the first steps, so a time-boxed run still ends at a low learning rate.
+    The learning rate warms up over the first 2 % and then follows a cosine to zero. Progress is
+    the larger of steps done / ``steps`` and seconds spent / ``max_seconds``, so a time-boxed
+    run ends at a low learning rate whatever the machine's speed.
     """
     torch.manual_seed(seed)
     model = VisionTokenizer(config).to(device).train()
     opt = torch.optim.AdamW(model.parameters(), lr=lr, weight_decay=0.0, betas=(0.9, 0.99))
-    total, warmup = steps, max(1, steps // 50)
     losses: list[float] = []
     start = time.perf_counter()
-    bar = tqdm(total=total, desc="vision tokenizer", disable=not progress, unit="step")
-    step = 0
-    while step < total:
+    bar = tqdm(total=100, desc="vision tokenizer", disable=not progress, unit="%", bar_format=_BAR)
+    done = 0.0
+    while done < 1.0:
+        for group in opt.param_groups:
+            group["lr"] = lr * _warmup_cosine(done)
         x = to_model_input(sample_frames(batch_size), device)
         recon, _ = model(x)
         loss = F.mse_loss(recon, x)
         opt.zero_grad(set_to_none=True)
         loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)  # keeps the high learning rate stable
         opt.step()
-        step += 1
-        elapsed = time.perf_counter() - start
-        if max_seconds is not None and step == 20:  # re-plan the schedule to fit the time budget
-            total = max(step + 1, min(steps, int(max_seconds / (elapsed / step))))
-            bar.total = total
-        for group in opt.param_groups:
-            group["lr"] = lr * _warmup_cosine(step, warmup, total)
         losses.append(loss.item())
-        bar.update(1)
-        if step % 25 == 0:
-            bar.set_postfix(loss=f"{np.mean(losses[-25:]):.5f}")
-        if max_seconds is not None and elapsed > max_seconds:
-            break
+        elapsed = time.perf_counter() - start
+        done = len(losses) / steps if max_seconds is None else max(len(losses) / steps, elapsed / max_seconds)
+        bar.n = round(100 * min(done, 1.0), 1)
+        if len(losses) % 25 == 0:
+            bar.set_postfix(step=len(losses), loss=f"{np.mean(losses[-25:]):.5f}")
     bar.close()
-    return TrainResult(model.eval(), step, time.perf_counter() - start, losses)
+    return TrainResult(model.eval(), len(losses), time.perf_counter() - start, losses)
 
 
-def _warmup_cosine(step: int, warmup: int, total: int) -> float:
-    if step < warmup:
-        return step / warmup
-    return 0.5 * (1 + math.cos(math.pi * min(1.0, (step - warmup) / max(1, total - warmup))))
+_BAR = "{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining} {postfix}"
+
+
+def _warmup_cosine(progress: float, warmup: float = 0.02) -> float:
+    """Learning-rate factor at ``progress`` in [0, 1]: linear warmup, then cosine to zero."""
+    if progress < warmup:
+        return max(progress / warmup, 1e-3)
+    return 0.5 * (1 + math.cos(math.pi * min(1.0, (progress - warmup) / (1 - warmup))))

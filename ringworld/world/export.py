@@ -15,7 +15,12 @@ from ringworld.world.sim import WorldConfig, random_state, render, rollout, stat
 
 
 def write_samples(
-    out: str | Path, n: int = 16, *, seed: int = 0, frames: int = 8, scale: int = 4,
+    out: str | Path,
+    n: int = 16,
+    *,
+    seed: int = 0,
+    frames: int = 8,
+    scale: int = 4,
     config: WorldConfig = WorldConfig(),
 ) -> Path:
     """Write ``n`` episodes: ``images/i.png`` (first frame), ``videos/i.gif`` (a rollout; every

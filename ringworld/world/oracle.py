@@ -133,4 +133,4 @@ def agreement(frames: np.ndarray, states: list[State], tolerance: int = POSITION
     if not states:
         return float("nan")
     parsed = parse_frames(frames, states[0].config)
-    return float(np.mean([score(p, s, tolerance).correct for p, s in zip(parsed, states)]))
+    return float(np.mean([score(p, s, tolerance).correct for p, s in zip(parsed, states, strict=True)]))

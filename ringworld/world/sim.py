@@ -126,7 +126,10 @@ def _bounce(p: int, v: int, hi: int) -> tuple[int, int]:
 
 
 def random_state(
-    rng: np.random.Generator, config: WorldConfig = WorldConfig(), *, agent: bool = False,
+    rng: np.random.Generator,
+    config: WorldConfig = WorldConfig(),
+    *,
+    agent: bool = False,
     num_objects: int | None = None,
 ) -> State:
     """A random scene: distinct colours, random shapes, positions with no overlap."""

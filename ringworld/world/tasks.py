@@ -71,7 +71,9 @@ def qa(rng: np.random.Generator, cfg: TaskConfig) -> TaskSample:
     video = bool(rng.random() < 0.5)
     states = rollout(random_state(rng, cfg.world), cfg.video_frames - 1 if video else 0)
     # "which way is it moving?" is only fair when no object bounced during the clip
-    steady = all((o.vx, o.vy) == (p.vx, p.vy) for s in states for o, p in zip(s.objects, states[0].objects))
+    steady = all(
+        (o.vx, o.vy) == (p.vx, p.vy) for s in states for o, p in zip(s.objects, states[0].objects, strict=True)
+    )
     q, a = question(states[0], rng, video=video and steady)
     frames = render(states)
     seen = Video(pixels=frames, loss=False) if video else Image(pixels=frames[0], loss=False)

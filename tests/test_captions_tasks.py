@@ -1,0 +1,102 @@
+"""Captions read back exactly; questions have the right answers; tasks build the documents they promise."""
+
+import numpy as np
+import pytest
+
+from ringworld.documents import Image, Text, Video
+from ringworld.world.captions import (
+    caption,
+    direction,
+    parse_caption,
+    question,
+    questions,
+    region,
+    region_name,
+)
+from ringworld.world.sim import Obj, State, WorldConfig, random_state, rollout
+from ringworld.world.tasks import TASKS, TaskConfig, caption_corpus, sample_mixture, sample_task
+
+
+def test_captions_parse_back_to_the_state():
+    rng = np.random.default_rng(0)
+    wordings = set()
+    for i in range(2000):
+        state = random_state(rng, agent=bool(i % 2))
+        motion = bool(i % 3)
+        text = caption(state, rng, motion=motion)
+        wordings.add(text.split(" a")[0])
+        got = sorted((m.color, m.shape, m.row, m.column, m.direction) for m in parse_caption(text))
+        want = sorted(
+            (o.color, o.shape, *region(o, state.config), direction(o) if motion else None) for o in state.objects
+        )
+        assert got == want, text
+    assert len(wordings) >= 4  # several phrasings, not one template
+
+
+def test_regions_and_directions():
+    cfg = WorldConfig()  # 32 px, objects 8 px: centres at x + 4
+    assert region(Obj("red", "square", 0, 0), cfg) == ("top", "left")
+    assert region(Obj("red", "square", 12, 12), cfg) == ("middle", "center")
+    assert region(Obj("red", "square", 24, 12), cfg) == ("middle", "right")
+    assert region_name("middle", "center") == "middle" and region_name("bottom", "right") == "bottom right"
+    assert direction(Obj("red", "square", 0, 0, vx=-1, vy=-2)) == "up and to the left"
+    assert direction(Obj("red", "square", 0, 0, vx=2, vy=0)) == "right"
+    assert direction(Obj("red", "square", 0, 0)) == "still"
+
+
+def test_questions_have_the_right_answers():
+    state = State((Obj("red", "triangle", 0, 0, vx=1), Obj("blue", "circle", 24, 24, vy=-1)))
+    qa = dict(questions(state, np.random.default_rng(0), video=True))
+    assert qa["what colour is the triangle?"] == "red"
+    assert qa["what shape is the blue object?"] == "circle"
+    assert qa["where is the red triangle?"] == "top left"
+    assert qa["which way is the blue circle moving?"] == "up"
+    assert qa["how many objects are there?"] == "two"
+    twins = State((Obj("red", "circle", 0, 0), Obj("blue", "circle", 24, 24)))
+    assert not any(q.startswith("what colour is the circle") for q, _ in questions(twins, np.random.default_rng(0)))
+    assert question(state, np.random.default_rng(3)) in questions(state, np.random.default_rng(3))
+
+
+@pytest.mark.parametrize("task", list(TASKS))
+def test_tasks_build_their_documents(task):
+    cfg = TaskConfig(video_frames=5)
+    sample = sample_task(task, np.random.default_rng(1), cfg)
+    doc = sample.document
+    kinds = [type(s).__name__ for s in doc]
+    if task == "text_to_image":
+        assert kinds == ["Text", "Image"] and [s.loss for s in doc] == [False, True]
+        assert parse_caption(doc[0].text)  # the caption names the objects
+    elif task == "image_to_text":
+        assert kinds == ["Image", "Text"] and [s.loss for s in doc] == [False, True]
+    elif task == "text_to_video":
+        assert kinds == ["Text", "Video"] and doc[1].num_frames == 5
+    elif task == "predict":
+        assert kinds == ["Video"] and doc[0].num_frames == 5 and doc[0].actions is None
+    elif task == "act":
+        assert kinds == ["Video"] and len(doc[0].actions) == 4 and sample.states[0].has_agent
+        assert sample.states == rollout(sample.states[0], 4, sample.actions)
+    elif task == "qa":
+        assert kinds[1:] == ["Text", "Text"] and [s.loss for s in doc] == [False, False, True]
+        assert doc[2].text == sample.answer
+    frames = [s.pixels for s in doc if isinstance(s, (Image, Video))]
+    assert len(sample.states) == sum(1 if f.ndim == 3 else len(f) for f in frames)
+
+
+def test_tasks_are_deterministic_and_mix_by_weight():
+    a = sample_mixture(np.random.default_rng(5))
+    b = sample_mixture(np.random.default_rng(5))
+    assert a.task == b.task and a.states == b.states
+    rng = np.random.default_rng(0)
+    names = [sample_mixture(rng, {"qa": 3.0, "predict": 1.0}).task for _ in range(400)]
+    assert set(names) == {"qa", "predict"} and 0.65 < names.count("qa") / 400 < 0.85
+    with pytest.raises(ValueError, match="unknown task"):
+        sample_mixture(rng, {"dance": 1.0})
+    with pytest.raises(ValueError, match="not all zero"):
+        sample_mixture(rng, {"qa": 0.0})
+
+
+def test_caption_corpus_is_text_only_and_seeded():
+    corpus = caption_corpus(50, seed=2)
+    assert corpus == caption_corpus(50, seed=2) and len(corpus) == 150
+    assert all(isinstance(t, str) and t for t in corpus)
+    assert not any(isinstance(t, Text) for t in corpus)

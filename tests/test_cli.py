@@ -1,0 +1,100 @@
+"""The `ringworld` command as a user runs it: help, world samples, tokenizer training, errors."""
+
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+from PIL import Image as PILImage
+
+from ringworld.cli import build_parser, main
+from ringworld.media import read_video
+
+
+def test_help_lists_every_command(capsys):
+    with pytest.raises(SystemExit):
+        main(["--help"])
+    out = capsys.readouterr().out
+    for command in ("world", "tokenizer", "data", "demo"):
+        assert command in out
+
+
+@pytest.mark.parametrize(
+    "argv", [["world", "sample"], ["tokenizer", "train"], ["tokenizer", "eval"], ["data", "ingest"], ["demo"]]
+)
+def test_every_subcommand_has_help(argv, capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        build_parser().parse_args([*argv, "--help"])
+    assert exit_info.value.code == 0
+    assert len(capsys.readouterr().out.splitlines()) >= 5
+
+
+def test_world_sample_writes_files_a_person_can_open(tmp_path):
+    assert main(["world", "sample", "--out", str(tmp_path), "--n", "4", "--frames", "5", "--scale", "2"]) == 0
+    records = [json.loads(line) for line in (tmp_path / "samples.jsonl").read_text().splitlines()]
+    assert len(records) == 4
+    for r in records:
+        with PILImage.open(tmp_path / r["image"]) as image:
+            assert image.size == (64, 64)
+        assert read_video(tmp_path / r["video"]).shape == (5, 64, 64, 3)
+        assert len(r["states"]) == 5 and r["caption"] and r["answer"]
+    assert records[1]["actions"] is not None and len(records[1]["actions"]) == 4
+    assert (tmp_path / "contact_sheet.png").exists()
+
+
+def test_user_errors_are_one_line_not_a_traceback(tmp_path, capsys):
+    assert main(["tokenizer", "eval", str(tmp_path / "nowhere")]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith("ringworld: error:") and "ringworld tokenizer train" in err
+    with pytest.raises(SystemExit):
+        main(["tokenizer", "train", "--out", str(tmp_path), "--levels", "8,x"])
+    assert "comma-separated" in capsys.readouterr().err
+
+
+@pytest.mark.slow
+def test_tokenizer_train_end_to_end(tmp_path):
+    """The real command, a short budget: files in standard formats and metrics that mean something."""
+    out = tmp_path / "tok"
+    cmd = [
+        sys.executable,
+        "-m",
+        "ringworld",
+        "tokenizer",
+        "train",
+        "--out",
+        str(out),
+        "--max-seconds",
+        "25",
+        "--steps",
+        "400",
+        "--text-vocab",
+        "400",
+    ]
+    run = subprocess.run(cmd, capture_output=True, text=True, timeout=300)
+    assert run.returncode == 0, run.stderr
+    assert "PSNR" in run.stdout
+    for name in (
+        "tokenizer.json",
+        "vision/config.json",
+        "vision/model.safetensors",
+        "vocab.json",
+        "metrics.json",
+    ):
+        assert (out / name).exists(), name
+    metrics = json.loads((out / "metrics.json").read_text())
+    for key in ("psnr", "oracle_agreement", "codebook_utilization", "train_seconds"):
+        assert key in metrics
+    # 25 s is far from the real budget, yet the autoencoder must already be well past chance
+    assert metrics["psnr"] > 20 and 0 < metrics["codebook_utilization"] <= 1
+    assert metrics["train_seconds"] <= 40
+
+    from ringworld.tokens.bundle import load_codec
+    from ringworld.world.tasks import sample_task
+
+    codec = load_codec(out)
+    sample = sample_task("act", np.random.default_rng(0))
+    decoded = codec.decode(codec.encode(sample.document).ids)
+    assert decoded.problems == [] and decoded.segments[0].actions == sample.actions
+    frames = codec.decode_pixels(decoded.segments)[0].pixels
+    assert frames.shape == (4, 32, 32, 3)
