@@ -103,7 +103,10 @@ def main() -> None:
         if args.train_seconds and config:
             rng = np.random.default_rng(0)
             result = train_vision_tokenizer(
-                lambda n: world_frames(rng, n, world)[0], config, max_seconds=args.train_seconds, steps=10**6
+                lambda n, rng=rng: world_frames(rng, n, world)[0],
+                config,
+                max_seconds=args.train_seconds,
+                steps=10**6,
             )
             row.update(steps=result.steps, **evaluate_vision(result.model, world))
         rows.append(row)
