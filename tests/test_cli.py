@@ -98,3 +98,31 @@ def test_tokenizer_train_end_to_end(tmp_path):
     assert decoded.problems == [] and decoded.segments[0].actions == sample.actions
     frames = codec.decode_pixels(decoded.segments)[0].pixels
     assert frames.shape == (4, 32, 32, 3)
+
+
+def test_data_ingest_command(tmp_path, capsys):
+    from ringworld.data.shards import ShardDataset
+    from ringworld.media import write_image
+    from ringworld.tokens.bundle import save_tokenizers
+    from ringworld.tokens.text import train_text_tokenizer
+    from ringworld.tokens.vision import VisionConfig, VisionTokenizer
+
+    save_tokenizers(
+        tmp_path / "tok",
+        train_text_tokenizer(["a red circle", "a blue square"] * 5, 300),
+        VisionTokenizer(VisionConfig(channels=8, blocks=0)),
+    )
+    src = tmp_path / "src"
+    src.mkdir()
+    rng = np.random.default_rng(0)
+    for name in ("a.png", "b.png"):
+        write_image(src / name, rng.integers(0, 256, size=(40, 50, 3), dtype=np.uint8))
+    (src / "c.png").write_bytes(b"broken")
+    (src / "captions.jsonl").write_text('{"file": "a.png", "caption": "a red circle"}\n')
+    argv = ["data", "ingest", str(src), "--tokenizer", str(tmp_path / "tok"), "--out", str(tmp_path / "shards")]
+    assert main(argv) == 0
+    out = capsys.readouterr().out
+    assert "2 documents" in out and "c.png" in out
+    assert len(ShardDataset(tmp_path / "shards")) == 2
+    assert main(["data", "ingest", str(tmp_path / "nowhere"), "--tokenizer", str(tmp_path / "tok"), "--out", "x"]) == 2
+    assert "nowhere" in capsys.readouterr().err
