@@ -84,7 +84,8 @@ def build_parser() -> argparse.ArgumentParser:
         "--max-seconds",
         type=float,
         default=240.0,
-        help="time budget for the vision training; the LR schedule is fitted to it (default: 240)",
+        help="time budget for the vision training, the LR schedule fitted to it; 0 = no budget, "
+        "train exactly --steps steps (default: 240)",
     )
     train.add_argument("--steps", type=_positive_int, default=6000, help="at most this many steps (default: 6000)")
     train.add_argument("--lr", type=float, default=5e-3, help="peak learning rate (default: 5e-3)")
@@ -164,7 +165,7 @@ def _tokenizer_train(args: argparse.Namespace) -> None:
         text_vocab_size=args.text_vocab,
         steps=args.steps,
         lr=args.lr,
-        max_seconds=args.max_seconds,
+        max_seconds=args.max_seconds or None,
         batch_size=args.batch_size,
         seed=args.seed,
     )
