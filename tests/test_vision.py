@@ -52,6 +52,9 @@ def test_save_load_gives_the_same_codes(tmp_path):
     assert np.array_equal(model.encode(frames), loaded.encode(frames))
     with pytest.raises(FileNotFoundError, match="ringworld tokenizer train"):
         VisionTokenizer.load(tmp_path / "missing")
+    (tmp_path / "v" / "config.json").write_text('{"frame_size": 32, "levels": [8, 8], "colour": 1}')
+    with pytest.raises(ValueError, match="does not hold a vision tokenizer this ringworld can read"):
+        VisionTokenizer.load(tmp_path / "v")
 
 
 def test_bad_frames_and_codes_get_clear_errors():

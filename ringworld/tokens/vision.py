@@ -102,12 +102,14 @@ class VisionTokenizer(nn.Module):
         self.encoder = nn.Sequential(
             nn.Conv2d(3 * p * p, c, 1),
             *[ResBlock(c) for _ in range(config.blocks)],
+            nn.GroupNorm(1, c),
             nn.SiLU(),
             nn.Conv2d(c, d, 1),
         )
         self.decoder = nn.Sequential(
             nn.Conv2d(d, c, 1),
             *[ResBlock(c) for _ in range(config.blocks)],
+            nn.GroupNorm(1, c),
             nn.SiLU(),
             nn.Conv2d(c, 3 * p * p, 1),
         )
@@ -184,9 +186,15 @@ class VisionTokenizer(nn.Module):
         for path in (config_path, weights_path):
             if not path.exists():
                 raise FileNotFoundError(f"{path} not found; train a tokenizer with `ringworld tokenizer train`")
-        raw = json.loads(config_path.read_text())
-        model = cls(VisionConfig(**{**raw, "levels": tuple(raw["levels"])}))
-        model.load_state_dict(load_file(weights_path, device=str(device)))
+        try:
+            raw = json.loads(config_path.read_text())
+            model = cls(VisionConfig(**{**raw, "levels": tuple(raw["levels"])}))
+            model.load_state_dict(load_file(weights_path, device=str(device)))
+        except (KeyError, TypeError, RuntimeError, json.JSONDecodeError) as e:
+            raise ValueError(
+                f"{directory} does not hold a vision tokenizer this ringworld can read ({type(e).__name__}: "
+                f"{str(e).splitlines()[0]}); train one with `ringworld tokenizer train`"
+            ) from None
         return model.to(device).eval()
 
 
@@ -219,7 +227,7 @@ def train_vision_tokenizer(
     sample_frames: Callable[[int], np.ndarray],
     config: VisionConfig = VisionConfig(),
     *,
-    steps: int = 5000,
+    steps: int = 6000,
     max_seconds: float | None = None,
     batch_size: int = 64,
     lr: float = 5e-3,

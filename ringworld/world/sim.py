@@ -111,6 +111,17 @@ def sprite(shape: str, size: int) -> np.ndarray:
     raise ValueError(f"unknown shape {shape!r}; shapes are {', '.join(SHAPES)}")
 
 
+class _SpriteCache(dict):
+    """Sprites by (shape, size), made once."""
+
+    def __missing__(self, key: tuple[str, int]) -> np.ndarray:
+        self[key] = sprite(*key)
+        return self[key]
+
+
+_SPRITES = _SpriteCache()
+
+
 def _overlap(a: Obj, b: Obj, size: int, gap: int) -> bool:
     reach = size + gap
     return abs(a.x - b.x) < reach and abs(a.y - b.y) < reach
@@ -239,15 +250,6 @@ def render(states: list[State] | State) -> np.ndarray:
         window = frames[idx[:, None, None], rows, cols]  # (S, s, s, 3)
         frames[idx[:, None, None], rows, cols] = np.where(masks[..., None], colors[:, None, None], window)
     return frames[0] if single else frames
-
-
-class _SpriteCache(dict):
-    def __missing__(self, key: tuple[str, int]) -> np.ndarray:
-        self[key] = sprite(*key)
-        return self[key]
-
-
-_SPRITES = _SpriteCache()
 
 
 def state_to_dict(state: State) -> dict:
