@@ -13,7 +13,7 @@ The built-in sprite world makes its own data, so everything runs offline:
   ringworld world sample --out runs/samples      look at the world (PNG, GIF, JSONL)
   ringworld tokenizer train --out runs/tok       train the text BPE and the vision tokenizer
   ringworld data ingest FOLDER --tokenizer runs/tok --out runs/shards   your images/videos -> token shards
-  ringworld demo --out runs/demo                 all of the above, with a summary
+  ringworld demo --out runs/demo                 sample the world, train the tokenizers, print a summary
 """
 
 
