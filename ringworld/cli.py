@@ -33,7 +33,7 @@ def _levels(text: str) -> tuple[int, ...]:
 
 
 def _world_args(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--frame-size", type=int, default=32, help="frame side in pixels, 32 to 128 (default: 32)")
+    p.add_argument("--frame-size", type=int, default=32, help="frame side in pixels, 16 to 256 (default: 32)")
     p.add_argument(
         "--max-objects", type=_positive_int, default=3, help="at most this many objects a scene (default: 3)"
     )
