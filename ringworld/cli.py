@@ -223,7 +223,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.run(args)
-    except (ValueError, FileNotFoundError) as e:  # user-facing problems: say what, not where
+    except (ValueError, OSError) as e:  # bad input, missing or unwritable files: say what, not where
         print(f"ringworld: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

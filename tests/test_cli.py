@@ -130,3 +130,12 @@ def test_data_ingest_command(tmp_path, capsys):
     assert len(ShardDataset(tmp_path / "shards")) == 2
     assert main(["data", "ingest", str(tmp_path / "nowhere"), "--tokenizer", str(tmp_path / "tok"), "--out", "x"]) == 2
     assert "nowhere" in capsys.readouterr().err
+
+
+def test_unwritable_output_is_a_clear_error(tmp_path, capsys, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise PermissionError(13, "Permission denied", str(tmp_path / "out"))
+
+    monkeypatch.setattr("ringworld.world.export.Path.mkdir", refuse)
+    assert main(["world", "sample", "--out", str(tmp_path / "out"), "--n", "1"]) == 2
+    assert "Permission denied" in capsys.readouterr().err
