@@ -1,0 +1,173 @@
+"""Where training batches come from: the sprite world's task mixture, or ingested token shards.
+
+A source hands out *global* batches (every row of a step, across all data-parallel ranks), and a
+rank takes its own rows. The global batch never depends on how many processes share it, so one
+process and N processes see the same data, and a run resumes at another world size.
+
+- ``WorldSource``: row ``r`` of step ``s`` is packed from documents drawn with the seed
+  ``(seed, s, r)``; its whole state is the step counter.
+- ``ShardSource``: documents in a seeded random order per epoch, packed first-fit in that order;
+  its state is (epoch, cursor). Packing reads only the lengths in the index; tokens are read for
+  the rows a rank keeps.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ringworld.data.packing import PackedBatch, RowPacker, rows_to_batch
+from ringworld.data.shards import ShardDataset
+from ringworld.tokens.codec import Codec, Encoded
+from ringworld.tokens.vocab import Vocab
+from ringworld.world.tasks import TaskConfig, sample_mixture
+
+MISSES_BEFORE_CLOSING = 8  # documents that did not fit before a world row is closed
+
+
+def drop_caption(doc: Encoded, vocab: Vocab) -> Encoded:
+    """The document without its leading prompt text when that text conditions an image or video
+    (text→image, text→video): what classifier-free guidance samples as the unconditional branch."""
+    ids = doc.ids
+    opener = 1
+    while opener < len(ids) and vocab.is_text(int(ids[opener])) and not doc.loss_mask[opener]:
+        opener += 1
+    vision_openers = {vocab.special("<|image|>"), vocab.special("<|video|>")}
+    if opener == 1 or opener >= len(ids) or int(ids[opener]) not in vision_openers:
+        return doc
+    keep = np.r_[0, opener : len(ids)]
+    return Encoded(ids[keep], doc.loss_mask[keep], doc.modality[keep])
+
+
+class WorldSource:
+    """Seeded world-task mixtures, encoded and packed on the fly."""
+
+    def __init__(
+        self,
+        codec: Codec,
+        *,
+        seq_len: int,
+        rows: int,
+        seed: int = 0,
+        task_weights: dict[str, float] | None = None,
+        task_config: TaskConfig = TaskConfig(),
+        caption_dropout: float = 0.1,
+    ) -> None:
+        if not 0 <= caption_dropout < 1:
+            raise ValueError(f"caption dropout is a probability in [0, 1), got {caption_dropout}")
+        self.codec, self.seq_len, self.num_rows, self.seed = codec, seq_len, rows, seed
+        self.task_weights, self.task_config, self.caption_dropout = task_weights, task_config, caption_dropout
+        self.step = 0
+
+    def row_documents(self, step: int, row: int) -> list[Encoded]:
+        """The documents packed into ``row`` of ``step`` (a pure function of seed, step and row)."""
+        rng = np.random.default_rng([self.seed, step, row])
+        packer = RowPacker(self.seq_len, self.codec.vocab.special("<|pad|>"))
+        misses = 0
+        while misses < MISSES_BEFORE_CLOSING and packer.free > 0:
+            sample = sample_mixture(rng, self.task_weights, self.task_config)
+            doc = self.codec.encode(sample.document)
+            if rng.random() < self.caption_dropout:
+                doc = drop_caption(doc, self.codec.vocab)
+            if len(doc) > self.seq_len:
+                raise ValueError(
+                    f"a {sample.task} document is {len(doc)} tokens, longer than a row ({self.seq_len}); "
+                    f"raise --seq-len or use fewer video frames"
+                )
+            misses += not packer.add(doc)
+        return packer.docs
+
+    def batch(self, step: int, rows: slice = slice(None)) -> PackedBatch:
+        packers = []
+        for r in range(self.num_rows)[rows]:
+            packer = RowPacker(self.seq_len, self.codec.vocab.special("<|pad|>"))
+            for doc in self.row_documents(step, r):
+                packer.add(doc)
+            packers.append(packer)
+        return rows_to_batch(packers)
+
+    def next_batch(self, rows: slice = slice(None)) -> PackedBatch:
+        batch = self.batch(self.step, rows)
+        self.step += 1
+        return batch
+
+    def state_dict(self) -> dict:
+        return {"kind": "world", "step": self.step, "seed": self.seed}
+
+    def load_state_dict(self, state: dict) -> None:
+        _check_state(state, "world", self.seed)
+        self.step = int(state["step"])
+
+
+class ShardSource:
+    """Ingested shards, shuffled per epoch and packed first-fit, for as many epochs as asked.
+
+    Rows are planned from the index's lengths alone: first-fit over a window of the next
+    ``lookahead`` pieces, the pieces left over carried to the next batch (and in the state).
+    """
+
+    def __init__(self, dataset: ShardDataset, *, seq_len: int, rows: int, seed: int = 0, lookahead: int = 64) -> None:
+        if len(dataset) == 0:
+            raise ValueError(f"{dataset.directory} holds no documents; ingest some with `ringworld data ingest`")
+        self.dataset, self.seq_len, self.num_rows, self.seed, self.lookahead = dataset, seq_len, rows, seed, lookahead
+        self.pad_id = dataset.vocab.special("<|pad|>")
+        self.epoch, self.cursor = 0, 0
+        self.carry: list[tuple[int, int, int]] = []  # (document, start, length) pieces read ahead, not yet packed
+        self._cached_order: tuple[int, np.ndarray] = (-1, np.empty(0, np.int64))
+
+    def _order(self, epoch: int) -> np.ndarray:
+        if self._cached_order[0] != epoch:
+            self._cached_order = (epoch, np.random.default_rng([self.seed, epoch]).permutation(len(self.dataset)))
+        return self._cached_order[1]
+
+    def _fill(self, window: list[tuple[int, int, int]]) -> None:
+        lengths = self.dataset.lengths
+        while len(window) < self.lookahead:
+            if self.cursor == len(self.dataset):
+                self.epoch, self.cursor = self.epoch + 1, 0
+            doc = int(self._order(self.epoch)[self.cursor])
+            self.cursor += 1
+            n = int(lengths[doc])
+            starts = [0] if n <= self.seq_len else range(0, n - 1, self.seq_len - 1)
+            window.extend((doc, s, min(self.seq_len, n - s)) for s in starts)
+
+    def next_batch(self, rows: slice = slice(None)) -> PackedBatch:
+        window = [tuple(p) for p in self.carry]
+        plans = []
+        for _ in range(self.num_rows):
+            self._fill(window)
+            plan, free, i = [], self.seq_len, 0
+            while i < len(window) and free > 0:
+                if window[i][2] <= free:
+                    plan.append(window.pop(i))
+                    free -= plan[-1][2]
+                else:
+                    i += 1
+            plans.append(plan)
+        self.carry = window
+        packers = []
+        for plan in plans[rows]:
+            packer = RowPacker(self.seq_len, self.pad_id)
+            for doc, start, n in plan:
+                ids, loss = self.dataset[doc]
+                ids, loss = ids[start : start + n], loss[start : start + n]
+                packer.add(Encoded(ids, loss, self.dataset.vocab.modality(ids)))
+            packers.append(packer)
+        return rows_to_batch(packers)
+
+    def state_dict(self) -> dict:
+        carry = [list(p) for p in self.carry]
+        return {"kind": "shards", "epoch": self.epoch, "cursor": self.cursor, "carry": carry, "seed": self.seed}
+
+    def load_state_dict(self, state: dict) -> None:
+        _check_state(state, "shards", self.seed)
+        self.epoch, self.cursor = int(state["epoch"]), int(state["cursor"])
+        self.carry = [tuple(p) for p in state["carry"]]
+
+
+def _check_state(state: dict, kind: str, seed: int) -> None:
+    if state.get("kind") != kind:
+        raise ValueError(f"the checkpoint's data state is for a {state.get('kind')} source, this run reads {kind}")
+    if state.get("seed") != seed:
+        raise ValueError(
+            f"the checkpoint's data seed is {state.get('seed')}, this run's is {seed}; pass --seed to match"
+        )

@@ -1,0 +1,228 @@
+"""The ringworld decoder: one Llama-style transformer over the shared text/vision/action vocabulary.
+
+RMSNorm, rotary positions (configurable theta, for context growth), grouped-query attention,
+SwiGLU, optional QK-norm (Chameleon's fix for unstable mixed-modal training) and tied or untied
+embeddings. A plain ``nn.Module``: parallelism is applied to it from ``ringworld.parallel``.
+
+    logits = Transformer(cfg)(ids, segment_ids=seg, positions=pos)   # (B, T) -> (B, T, vocab)
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import asdict, dataclass, fields
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from torch.utils.checkpoint import checkpoint
+
+from ringworld.model.attention import DocumentMask, attention, document_mask
+
+
+@dataclass
+class ModelConfig:
+    vocab_size: int
+    dim: int = 256
+    n_layers: int = 4
+    n_heads: int = 4
+    n_kv_heads: int = 2
+    ffn_dim: int = 704
+    rope_theta: float = 10_000.0
+    max_seq_len: int = 1024  # the context trained for; RoPE itself has no length limit
+    norm_eps: float = 1e-5
+    qk_norm: bool = True
+    tie_embeddings: bool = False
+    init_std: float = 0.02
+
+    def __post_init__(self) -> None:
+        problems = []
+        if self.dim % self.n_heads:
+            problems.append(f"dim {self.dim} is not a multiple of n_heads {self.n_heads}")
+        elif self.head_dim % 2:
+            problems.append(f"head_dim {self.head_dim} is odd; rotary positions need it even")
+        if self.n_heads % self.n_kv_heads:
+            problems.append(f"n_heads {self.n_heads} is not a multiple of n_kv_heads {self.n_kv_heads}")
+        if min(self.vocab_size, self.dim, self.n_layers, self.ffn_dim, self.max_seq_len) < 1:
+            problems.append("vocab_size, dim, n_layers, ffn_dim and max_seq_len must be positive")
+        if problems:
+            raise ValueError("bad model config: " + "; ".join(problems))
+
+    @property
+    def head_dim(self) -> int:
+        return self.dim // self.n_heads
+
+    @classmethod
+    def from_depth(
+        cls, depth: int, vocab_size: int, *, aspect: int = 64, head_dim: int = 64, **overrides
+    ) -> ModelConfig:
+        """nanochat's one dial: width = depth x aspect, heads of ``head_dim``, half as many K/V heads,
+        SwiGLU hidden = 8/3 x width rounded up to a multiple of 64 (Llama's rule)."""
+        dim = depth * aspect
+        n_heads = max(1, dim // head_dim)
+        ffn = 64 * math.ceil(8 * dim / 3 / 64)
+        shape = dict(dim=dim, n_layers=depth, n_heads=n_heads, n_kv_heads=max(1, n_heads // 2), ffn_dim=ffn)
+        return cls(vocab_size=vocab_size, **{**shape, **overrides})
+
+    @classmethod
+    def preset(cls, name: str, vocab_size: int, **overrides) -> ModelConfig:
+        if name not in PRESETS:
+            raise ValueError(f"unknown model preset {name!r}; presets are {', '.join(PRESETS)}")
+        depth, kwargs = PRESETS[name]
+        return cls.from_depth(depth, vocab_size, **{**kwargs, **overrides})
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> ModelConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown model config keys {sorted(unknown)}; known keys are {sorted(known)}")
+        return cls(**d)
+
+    # cost --------------------------------------------------------------------------------
+    def num_params(self, *, embedding: bool = True) -> int:
+        kv = self.n_kv_heads * self.head_dim
+        attn = self.dim * (self.dim + 2 * kv) + self.dim * self.dim
+        mlp = 3 * self.dim * self.ffn_dim
+        block = attn + mlp + 2 * self.dim + (2 * self.head_dim if self.qk_norm else 0)
+        head = 0 if self.tie_embeddings else self.vocab_size * self.dim
+        total = self.n_layers * block + self.dim + head
+        return total + self.vocab_size * self.dim if embedding else total
+
+    def flops_per_token(self, seq_len: int) -> float:
+        """Training FLOPs per token (forward + backward) at causal context ``seq_len``.
+
+        6 per weight of every matmul (the LM head included, the embedding lookup not) plus
+        attention scores and values: 2 matmuls x 2 FLOPs x 3 (fwd+bwd) x dim x seq_len / 2 (causal).
+        """
+        kv = self.n_kv_heads * self.head_dim
+        matmul = self.n_layers * (self.dim * (self.dim + 2 * kv) + self.dim * self.dim + 3 * self.dim * self.ffn_dim)
+        matmul += self.vocab_size * self.dim
+        return 6 * matmul + 6 * self.n_layers * self.dim * seq_len
+
+
+# name: (depth, overrides of from_depth)
+PRESETS: dict[str, tuple[int, dict]] = {
+    "tiny": (4, {}),  # 256 wide, ~3M weights: the CPU demo, minutes
+    "small": (8, {}),  # 512 wide, ~25M
+    "base": (16, {}),  # 1024 wide, ~200M
+    "7b": (32, {"aspect": 128, "head_dim": 128, "n_kv_heads": 32, "ffn_dim": 11008}),  # Llama-2-7B shape, planning
+}
+
+
+# rotary positions --------------------------------------------------------------------------
+def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """positions (B, T) int -> cos, sin (B, T, head_dim) fp32, halves repeated (rotate-half layout)."""
+    inv_freq = 1.0 / theta ** (torch.arange(0, head_dim, 2, device=positions.device, dtype=torch.float32) / head_dim)
+    angles = positions[..., None].float() * inv_freq  # (B, T, hd/2)
+    angles = torch.cat([angles, angles], dim=-1)  # (B, T, hd)
+    return angles.cos(), angles.sin()
+
+
+def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.Tensor:
+    """x (B, T, H, hd) rotated by cos/sin (B, T, hd)."""
+    x1, x2 = x.chunk(2, dim=-1)
+    rotated = torch.cat([-x2, x1], dim=-1)
+    return (x * cos[:, :, None] + rotated * sin[:, :, None]).to(x.dtype)
+
+
+# blocks -------------------------------------------------------------------------------------
+class Attention(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.n_heads, self.n_kv_heads, self.head_dim = cfg.n_heads, cfg.n_kv_heads, cfg.head_dim
+        self.wqkv = nn.Linear(cfg.dim, (cfg.n_heads + 2 * cfg.n_kv_heads) * cfg.head_dim, bias=False)
+        self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)
+        self.q_norm = nn.RMSNorm(cfg.head_dim, eps=cfg.norm_eps) if cfg.qk_norm else None
+        self.k_norm = nn.RMSNorm(cfg.head_dim, eps=cfg.norm_eps) if cfg.qk_norm else None
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: DocumentMask | None) -> torch.Tensor:
+        B, T, _ = x.shape
+        hd = self.head_dim
+        q, k, v = self.wqkv(x).split([self.n_heads * hd, self.n_kv_heads * hd, self.n_kv_heads * hd], dim=-1)
+        q = q.view(B, T, self.n_heads, hd)  # (B, T, H, hd)
+        k = k.view(B, T, self.n_kv_heads, hd)  # (B, T, Hkv, hd)
+        v = v.view(B, T, self.n_kv_heads, hd)
+        if self.q_norm is not None:
+            q, k = self.q_norm(q), self.k_norm(k)
+        q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
+        y = attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), mask)  # (B, H, T, hd)
+        return self.wo(y.transpose(1, 2).reshape(B, T, self.n_heads * hd))
+
+
+class MLP(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.w_gate_up = nn.Linear(cfg.dim, 2 * cfg.ffn_dim, bias=False)
+        self.w_down = nn.Linear(cfg.ffn_dim, cfg.dim, bias=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        gate, up = self.w_gate_up(x).chunk(2, dim=-1)
+        return self.w_down(F.silu(gate) * up)
+
+
+class Block(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.attn_norm = nn.RMSNorm(cfg.dim, eps=cfg.norm_eps)
+        self.attn = Attention(cfg)
+        self.mlp_norm = nn.RMSNorm(cfg.dim, eps=cfg.norm_eps)
+        self.mlp = MLP(cfg)
+
+    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: DocumentMask | None) -> torch.Tensor:
+        x = x + self.attn(self.attn_norm(x), cos, sin, mask)
+        return x + self.mlp(self.mlp_norm(x))
+
+
+class Transformer(nn.Module):
+    def __init__(self, cfg: ModelConfig) -> None:
+        super().__init__()
+        self.cfg = cfg
+        self.embed = nn.Embedding(cfg.vocab_size, cfg.dim)
+        self.layers = nn.ModuleList(Block(cfg) for _ in range(cfg.n_layers))
+        self.norm = nn.RMSNorm(cfg.dim, eps=cfg.norm_eps)
+        self.head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
+        if cfg.tie_embeddings:
+            self.head.weight = self.embed.weight
+        self.activation_checkpointing = False  # recompute each block in backward: less memory, ~1/3 more compute
+        self.init_weights()
+
+    @torch.no_grad()
+    def init_weights(self) -> None:
+        """Normal(0, init_std) weights; the projections back into the residual stream scaled down by
+        sqrt(2 x layers) (GPT-2), so the residual's variance does not grow with depth."""
+        std = self.cfg.init_std
+        for module in self.modules():
+            if isinstance(module, nn.Linear | nn.Embedding):
+                nn.init.normal_(module.weight, std=std)
+            elif isinstance(module, nn.RMSNorm):
+                nn.init.ones_(module.weight)
+        for block in self.layers:
+            for out in (block.attn.wo, block.mlp.w_down):
+                nn.init.normal_(out.weight, std=std / math.sqrt(2 * self.cfg.n_layers))
+
+    def forward(
+        self,
+        ids: torch.Tensor,  # (B, T) int
+        *,
+        segment_ids: torch.Tensor | None = None,  # (B, T) int: packed rows, attention stays in a document
+        positions: torch.Tensor | None = None,  # (B, T) int; default 0..T-1
+    ) -> torch.Tensor:  # (B, T, vocab) logits
+        B, T = ids.shape
+        if positions is None:
+            positions = torch.arange(T, device=ids.device)[None]  # (1, T)
+        cos, sin = rope_cos_sin(positions, self.cfg.head_dim, self.cfg.rope_theta)
+        mask = document_mask(segment_ids)
+        x = self.embed(ids)  # (B, T, dim)
+        for layer in self.layers:
+            if self.activation_checkpointing and self.training:
+                x = checkpoint(layer, x, cos, sin, mask, use_reentrant=False)
+            else:
+                x = layer(x, cos, sin, mask)
+        return self.head(self.norm(x))
+
+    def num_params(self) -> int:
+        return sum(p.numel() for p in self.parameters())  # a tied head is counted once

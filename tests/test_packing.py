@@ -1,0 +1,167 @@
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ringworld.data.packing import IGNORE, PAD_SEGMENT, pack, split_long
+from ringworld.data.sources import WorldSource, drop_caption
+from ringworld.model import attention as attention_module
+from ringworld.model.transformer import ModelConfig, Transformer
+from ringworld.tokens.bundle import load_codec
+from ringworld.tokens.codec import Encoded
+from ringworld.train.loss import LossWeights, balanced_loss, modality_counts, modality_sums
+
+VOCAB = 97
+PAD = 0
+
+
+def random_docs(rng: np.random.Generator, lengths: list[int]) -> list[Encoded]:
+    docs = []
+    for n in lengths:
+        ids = rng.integers(1, VOCAB, size=n)
+        loss = rng.random(n) < 0.7
+        modality = (rng.random(n) < 0.5).astype(np.uint8)
+        docs.append(Encoded(ids, loss, modality))
+    return docs
+
+
+def test_rows_restart_positions_and_never_predict_across_documents():
+    docs = random_docs(np.random.default_rng(0), [5, 3, 7, 4])
+    batch = pack(docs, seq_len=10, pad_id=PAD)
+    assert batch.shape == (3, 10)  # first fit: [5, 3] [7] [4]; [5, 3, 2 pad] has no room for 4
+    seen = {}
+    for r in range(3):
+        for t in range(10):
+            s = int(batch.segment_ids[r, t])
+            if s == PAD_SEGMENT:
+                assert batch.ids[r, t] == PAD and batch.weights[r, t] == 0 and batch.targets[r, t] == IGNORE
+                continue
+            seen.setdefault((r, s), []).append(t)
+    rebuilt = sorted(tuple(batch.ids[r, ts].tolist()) for (r, _), ts in seen.items())
+    assert rebuilt == sorted(tuple(d.ids.tolist()) for d in docs)
+    for (r, _), ts in seen.items():
+        assert batch.positions[r, ts].tolist() == list(range(len(ts)))
+        last = ts[-1]
+        assert batch.targets[r, last] == IGNORE and batch.weights[r, last] == 0
+        assert batch.targets[r, ts[:-1]].tolist() == batch.ids[r, ts[1:]].tolist()
+
+
+def test_weights_and_modality_belong_to_the_target_token():
+    doc = random_docs(np.random.default_rng(1), [9])[0]
+    batch = pack([doc], seq_len=12, pad_id=PAD)
+    assert batch.weights[0, :8].tolist() == doc.loss_mask[1:].astype(np.float32).tolist()
+    assert batch.modality[0, :8].tolist() == doc.modality[1:].tolist()
+
+
+def test_long_documents_split_so_every_target_is_predicted_once():
+    doc = random_docs(np.random.default_rng(2), [23])[0]
+    pieces = split_long(doc, 8)
+    assert all(len(p) <= 8 for p in pieces)
+    predicted = []  # (input id, target id) pairs of all pieces
+    for p in pieces:
+        predicted += list(zip(p.ids[:-1].tolist(), p.ids[1:].tolist(), strict=True))
+    assert predicted == list(zip(doc.ids[:-1].tolist(), doc.ids[1:].tolist(), strict=True))
+
+
+def one_by_one_loss(model, docs, weights):
+    """The reference: each document through plain causal attention on its own, losses balanced
+    over all of them."""
+    sums = torch.zeros(2)
+    counts = torch.zeros(2, dtype=torch.float64)
+    for d in docs:
+        ids = torch.from_numpy(d.ids)[None]
+        logits = model(ids)[0, :-1]
+        ce = F.cross_entropy(logits, torch.from_numpy(d.ids[1:]), reduction="none")
+        w = torch.from_numpy(d.loss_mask[1:]).float()
+        m = torch.from_numpy(d.modality[1:]).long()
+        sums = sums.index_add(0, m, ce * w)
+        counts = counts.index_add(0, m, w.double())
+    return balanced_loss(sums, counts, weights)
+
+
+@pytest.mark.parametrize("qk_norm", [False, True])
+def test_packed_loss_and_gradients_equal_documents_one_by_one(qk_norm):
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=VOCAB, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=128, qk_norm=qk_norm)
+    model = Transformer(cfg)
+    docs = random_docs(np.random.default_rng(3), [17, 5, 30, 9, 12, 2, 21, 14])
+    weights = LossWeights(text=0.3, vision=0.7)
+    batch = pack(docs, seq_len=40, pad_id=PAD)
+    assert batch.shape[0] >= 3 and (batch.segment_ids[0].unique() >= 0).sum() >= 2  # really packed
+
+    logits = model(batch.ids, segment_ids=batch.segment_ids, positions=batch.positions)
+    packed = balanced_loss(modality_sums(logits, batch), modality_counts(batch), weights)
+    packed.backward()
+    packed_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
+    model.zero_grad()
+
+    reference = one_by_one_loss(model, docs, weights)
+    reference.backward()
+    assert abs(packed.item() - reference.item()) <= 1e-5
+    for name, p in model.named_parameters():
+        torch.testing.assert_close(packed_grads[name], p.grad, atol=1e-5, rtol=0, msg=name)
+
+
+def test_balanced_loss_renormalises_over_present_modalities():
+    sums = torch.tensor([6.0, 0.0])
+    counts = torch.tensor([3.0, 0.0], dtype=torch.float64)
+    assert balanced_loss(sums, counts, LossWeights()).item() == pytest.approx(2.0)
+    both = balanced_loss(
+        torch.tensor([6.0, 10.0]), torch.tensor([3.0, 5.0], dtype=torch.float64), LossWeights(0.25, 0.75)
+    )
+    assert both.item() == pytest.approx(0.25 * 2 + 0.75 * 2)
+    with pytest.raises(ValueError, match="loss masks"):
+        balanced_loss(torch.zeros(2), torch.zeros(2, dtype=torch.float64), LossWeights())
+
+
+@pytest.mark.slow
+def test_flex_kernel_matches_sdpa_mask(monkeypatch):
+    """The compiled FlexAttention path (chosen for long rows without grad) gives what SDPA with a
+    boolean mask gives (compiles once: ~10 s on 2 cores)."""
+    torch.manual_seed(0)
+    B, H, T, D = 2, 4, 256, 16
+    q, k, v = torch.randn(B, H, T, D), torch.randn(B, 2, T, D), torch.randn(B, 2, T, D)
+    seg = torch.sort(torch.randint(0, 5, (B, T)), dim=1).values
+    sdpa = attention_module.document_mask(seg, grad=True)
+    monkeypatch.setattr(attention_module, "FLEX_MIN_LEN_CPU", 128)
+    flex = attention_module.document_mask(seg, grad=False)
+    assert (sdpa.kernel, flex.kernel) == ("sdpa", "flex")
+    expected = attention_module.attention(q, k, v, sdpa)
+    torch.testing.assert_close(attention_module.attention(q, k, v, flex), expected, atol=1e-5, rtol=1e-5)
+
+
+# world source ------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def codec(world_tokenizer_dir):
+    return load_codec(world_tokenizer_dir)
+
+
+def test_world_batches_are_a_function_of_seed_step_and_row(codec):
+    source = WorldSource(codec, seq_len=512, rows=4, seed=7)
+    whole = source.batch(3)
+    assert whole.shape == (4, 512)
+    part = source.batch(3, slice(2, 4))
+    torch.testing.assert_close(part.ids, whole.ids[2:4])
+    assert not torch.equal(source.batch(4).ids, whole.ids)
+    fill = whole.num_real_tokens() / whole.ids.numel()
+    assert fill > 0.8, f"rows are only {fill:.0%} full"
+    again = WorldSource(codec, seq_len=512, rows=4, seed=7)
+    again.load_state_dict({"kind": "world", "step": 3, "seed": 7})
+    assert torch.equal(again.next_batch().ids, whole.ids)
+    with pytest.raises(ValueError, match="seed"):
+        again.load_state_dict({"kind": "world", "step": 3, "seed": 8})
+
+
+def test_caption_dropout_leaves_the_unconditional_image(codec):
+    from ringworld.world.tasks import sample_task
+
+    rng = np.random.default_rng(0)
+    for task in ("text_to_image", "text_to_video"):
+        doc = codec.encode(sample_task(task, rng).document)
+        dropped = drop_caption(doc, codec.vocab)
+        opener = codec.vocab.special("<|image|>" if task == "text_to_image" else "<|video|>")
+        assert dropped.ids[0] == codec.vocab.special("<|bos|>") and dropped.ids[1] == opener
+        assert np.array_equal(dropped.ids[2:], doc.ids[doc.ids.tolist().index(opener) + 1 :])
+    for task in ("image_to_text", "qa", "predict"):
+        doc = codec.encode(sample_task(task, rng).document)
+        assert drop_caption(doc, codec.vocab) is doc
