@@ -13,6 +13,7 @@ The built-in sprite world makes its own data, so everything runs offline:
   ringworld world sample --out runs/samples      look at the world (PNG, GIF, JSONL)
   ringworld tokenizer train --out runs/tok       train the text BPE and the vision tokenizer
   ringworld data ingest FOLDER --tokenizer runs/tok --out runs/shards   your images/videos -> token shards
+  ringworld train --tokenizer runs/tok --out runs/model   train the world model (torchrun for many processes)
   ringworld demo --out runs/demo                 sample the world, train the tokenizers, print a summary
 """
 
@@ -131,6 +132,8 @@ def build_parser() -> argparse.ArgumentParser:
     ingest.add_argument("--stride", type=_positive_int, default=1, help="keep every Nth video frame (default: 1)")
     ingest.set_defaults(run=_data_ingest)
 
+    _train_parser(commands)
+
     demo = commands.add_parser(
         "demo",
         help="the main job on the built-in world",
@@ -142,6 +145,105 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--seed", type=int, default=0)
     demo.set_defaults(run=_demo)
     return parser
+
+
+def _task_weights(text: str) -> dict[str, float]:
+    try:
+        pairs = [item.split("=") for item in text.split(",")]
+        return {name.strip(): float(w) for name, w in pairs}
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"task weights look like text_to_image=2,qa=1; got {text!r}") from None
+
+
+def _train_parser(commands) -> None:
+    train = commands.add_parser(
+        "train",
+        help="train the world model",
+        description="Train the decoder by next-token prediction on packed documents, the loss balanced "
+        "between text and vision. Writes RUN/checkpoints/step_N/ (model.safetensors, config.json, "
+        "tokenizer/, optimizer and sampler state), RUN/metrics.jsonl and RUN/tensorboard/. For many "
+        "processes (FSDP2; gloo on CPU, nccl on CUDA): torchrun --nproc_per_node N -m ringworld train ... "
+        "With --resume, the run's saved settings are used and any option given here overrides them.",
+    )
+    from ringworld.train.config import TrainConfig
+
+    d = TrainConfig(out="")
+    train.add_argument("--out", type=Path, required=True, help="run directory")
+    train.add_argument("--resume", action="store_true", help="continue the run in --out from its latest checkpoint")
+    train.add_argument("--stop-at", type=_positive_int, help="end this session at this step, with a checkpoint")
+    train.add_argument("--device", help="cpu, cuda, cuda:1, ... (default: the accelerator if any, else cpu)")
+    g = train.add_argument_group("data")
+    g.add_argument("--tokenizer", type=Path, help="tokenizer directory from `ringworld tokenizer train`")
+    g.add_argument("--data", help=f"'world' (the sprite-world task mixture) or an ingested shard directory [{d.data}]")
+    g.add_argument("--tasks", type=_task_weights, help="world task weights, e.g. text_to_image=2,qa=1 [uniform]")
+    g.add_argument("--video-frames", type=_positive_int, help=f"frames in world videos [{d.video_frames}]")
+    g.add_argument(
+        "--caption-dropout", type=float, help=f"drop prompts with this probability, for CFG [{d.caption_dropout}]"
+    )
+    g = train.add_argument_group("model")
+    g.add_argument("--preset", choices=["tiny", "small", "base", "7b"], help=f"model size [{d.preset}]")
+    g.add_argument("--depth", type=_positive_int, help="layers; width follows (64 per layer); overrides --preset")
+    g.add_argument("--rope-theta", type=float, help="RoPE base [10000]")
+    g.add_argument("--qk-norm", action=argparse.BooleanOptionalAction, help="RMSNorm on queries and keys [on]")
+    g.add_argument("--tie-embeddings", action=argparse.BooleanOptionalAction, help="share embedding and head [off]")
+    g = train.add_argument_group("optimisation")
+    g.add_argument("--seq-len", type=_positive_int, help=f"tokens per packed row [{d.seq_len}]")
+    g.add_argument("--batch-size", type=_positive_int, help=f"rows per step, all processes together [{d.batch_size}]")
+    g.add_argument("--grad-accum", type=_positive_int, help=f"micro-batches per step [{d.grad_accum}]")
+    g.add_argument("--steps", type=_positive_int, help=f"optimizer steps [{d.steps}]")
+    g.add_argument("--max-seconds", type=float, help="stop after this much training time; the schedule follows [off]")
+    g.add_argument("--lr", type=float, help=f"peak learning rate [{d.lr}]")
+    g.add_argument("--min-lr-ratio", type=float, help=f"final lr as a fraction of the peak [{d.min_lr_ratio}]")
+    g.add_argument("--warmup", type=int, help=f"warmup steps [{d.warmup}]")
+    g.add_argument("--weight-decay", type=float, help=f"AdamW weight decay on matrices [{d.weight_decay}]")
+    g.add_argument("--grad-clip", type=float, help=f"clip the gradient norm at this [{d.grad_clip}]")
+    g.add_argument("--text-weight", type=float, help=f"weight of the mean text loss [{d.text_weight}]")
+    g.add_argument("--vision-weight", type=float, help=f"weight of the mean vision loss [{d.vision_weight}]")
+    g.add_argument("--seed", type=int, help=f"weights and data order [{d.seed}]")
+    g = train.add_argument_group("speed and logging")
+    g.add_argument(
+        "--dtype", choices=["auto", "fp32", "bf16"], help="bf16 autocast; auto = bf16 on accelerators [auto]"
+    )
+    g.add_argument("--compile", action=argparse.BooleanOptionalAction, help="torch.compile each block [off]")
+    g.add_argument(
+        "--activation-checkpointing", action=argparse.BooleanOptionalAction, help="recompute blocks in backward [off]"
+    )
+    g.add_argument("--log-every", type=_positive_int, help=f"steps between log lines [{d.log_every}]")
+    g.add_argument("--save-every", type=_positive_int, help=f"steps between checkpoints [{d.save_every}]")
+    g.add_argument("--keep", type=_positive_int, help=f"checkpoints kept [{d.keep}]")
+    g.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, help="write TensorBoard logs [on]")
+    train.set_defaults(run=_train)
+
+
+MODEL_OPTIONS = {"rope_theta", "qk_norm", "tie_embeddings"}
+RUN_OPTIONS = {"command", "run", "out", "resume", "stop_at", "device"}
+
+
+def _train(args: argparse.Namespace) -> None:
+    import json
+
+    from ringworld.train.config import TrainConfig
+    from ringworld.train.loop import train
+
+    given = {k: v for k, v in vars(args).items() if v is not None and k not in RUN_OPTIONS}
+    model = {k: given.pop(k) for k in MODEL_OPTIONS & set(given)}
+    for key in ("tokenizer", "data"):
+        if key in given:
+            given[key] = str(given[key])
+    base: dict = {}
+    if args.resume and (args.out / "config.json").is_file():
+        base = json.loads((args.out / "config.json").read_text())["train"]
+        changed = {k: v for k, v in given.items() if base.get(k) != v}
+        if changed:
+            print(f"resuming with changed settings: {changed}")
+    cfg = TrainConfig.from_dict({**base, **given, "out": str(args.out), "model": {**base.get("model", {}), **model}})
+    result = train(cfg, resume=args.resume, stop_at=args.stop_at, device=args.device)
+    if result.is_main and result.history and result.checkpoint is not None:
+        last = result.history[-1]
+        print(
+            f"step {last['step']}: loss {last['loss']:.4f} (text {last['text_loss']:.4f}, "
+            f"vision {last['vision_loss']:.4f}); checkpoint {result.checkpoint}"
+        )
 
 
 def _world_sample(args: argparse.Namespace) -> None:

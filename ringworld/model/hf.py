@@ -1,0 +1,174 @@
+"""Interop with Hugging Face transformers: the ringworld decoder as a Llama (or, with QK-norm, a Qwen3) model.
+
+What it is for: the architecture parity tests (ringworld's logits and gradients against an independent
+implementation), the benchmarks that compare ringworld with transformers, and loading or saving
+checkpoints in HF format: ``to_hf(model).save_pretrained(path)``,
+``from_hf(AutoModelForCausalLM.from_pretrained(path))``.
+
+Without QK-norm the decoder is exactly ``LlamaForCausalLM``; with it, exactly ``Qwen3ForCausalLM``
+(RMSNorm over each head's q and k, before RoPE). The only difference is in layout: ringworld fuses
+q/k/v into ``wqkv`` and gate/up into ``w_gate_up``, HF keeps them apart.
+
+transformers is an optional dependency, imported only when these functions are called.
+
+    hf = to_hf(model)            # same weights, same logits: hf(ids).logits == model(ids)
+    model = from_hf(hf)          # and back, state_dict for state_dict
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+from typing import TYPE_CHECKING
+
+import torch
+
+from ringworld.model.transformer import ModelConfig, Transformer
+
+if TYPE_CHECKING:
+    from transformers import PreTrainedConfig, PreTrainedModel
+
+
+def _transformers() -> ModuleType:
+    try:
+        import transformers
+    except ImportError as e:
+        raise ImportError("ringworld.model.hf needs Hugging Face transformers: pip install transformers") from e
+    return transformers
+
+
+def hf_config(cfg: ModelConfig) -> PreTrainedConfig:
+    """The HF config of the same architecture: a ``LlamaConfig``, or a ``Qwen3Config`` when ``cfg.qk_norm``."""
+    transformers = _transformers()
+    shape = dict(
+        vocab_size=cfg.vocab_size,
+        hidden_size=cfg.dim,
+        intermediate_size=cfg.ffn_dim,
+        num_hidden_layers=cfg.n_layers,
+        num_attention_heads=cfg.n_heads,
+        num_key_value_heads=cfg.n_kv_heads,
+        head_dim=cfg.head_dim,
+        hidden_act="silu",
+        max_position_embeddings=cfg.max_seq_len,
+        rms_norm_eps=cfg.norm_eps,
+        # transformers 5 reads theta from rope_parameters (a bare rope_theta= is a legacy alias)
+        rope_parameters={"rope_type": "default", "rope_theta": float(cfg.rope_theta)},
+        attention_bias=False,
+        tie_word_embeddings=cfg.tie_embeddings,
+        initializer_range=cfg.init_std,
+        # ringworld's special tokens live in its own vocabulary, not in Llama's defaults (bos 1, eos 2)
+        bos_token_id=None,
+        eos_token_id=None,
+        attn_implementation="sdpa",
+    )
+    if cfg.qk_norm:
+        return transformers.Qwen3Config(**shape, use_sliding_window=False)
+    return transformers.LlamaConfig(**shape, mlp_bias=False)
+
+
+def model_config(hf_cfg: PreTrainedConfig) -> ModelConfig:
+    """The ringworld config of an HF Llama or Qwen3 config; raises if it uses what ringworld does not have."""
+    if hf_cfg.model_type not in ("llama", "qwen3"):
+        raise ValueError(f"HF model type {hf_cfg.model_type!r} is not supported; ringworld maps llama and qwen3 only")
+    rope = hf_cfg.rope_parameters  # transformers standardizes it to hold rope_type and rope_theta
+    problems = []
+    if rope["rope_type"] != "default":
+        problems.append(f"rope_type {rope['rope_type']!r} (ringworld has plain RoPE only)")
+    if hf_cfg.hidden_act != "silu":
+        problems.append(f"hidden_act {hf_cfg.hidden_act!r} (ringworld's MLP is SwiGLU)")
+    if hf_cfg.attention_bias or getattr(hf_cfg, "mlp_bias", False):
+        problems.append("attention or mlp biases (ringworld's projections have none)")
+    if getattr(hf_cfg, "sliding_window", None) is not None:
+        problems.append(f"a sliding window of {hf_cfg.sliding_window} (ringworld attends to the whole context)")
+    if hf_cfg.head_dim * hf_cfg.num_attention_heads != hf_cfg.hidden_size:
+        problems.append(
+            f"head_dim {hf_cfg.head_dim} x {hf_cfg.num_attention_heads} heads != hidden_size {hf_cfg.hidden_size} "
+            "(ringworld's head_dim is dim / n_heads)"
+        )
+    if problems:
+        raise ValueError(f"HF {hf_cfg.model_type} config has no ringworld equivalent: " + "; ".join(problems))
+    return ModelConfig(
+        vocab_size=hf_cfg.vocab_size,
+        dim=hf_cfg.hidden_size,
+        n_layers=hf_cfg.num_hidden_layers,
+        n_heads=hf_cfg.num_attention_heads,
+        n_kv_heads=hf_cfg.num_key_value_heads,
+        ffn_dim=hf_cfg.intermediate_size,
+        rope_theta=rope["rope_theta"],
+        max_seq_len=hf_cfg.max_position_embeddings,
+        norm_eps=hf_cfg.rms_norm_eps,
+        qk_norm=hf_cfg.model_type == "qwen3",
+        tie_embeddings=hf_cfg.tie_word_embeddings,
+        init_std=hf_cfg.initializer_range,
+    )
+
+
+def to_hf(model: Transformer) -> PreTrainedModel:
+    """A fp32 ``LlamaForCausalLM`` (``Qwen3ForCausalLM`` with QK-norm) holding a copy of ``model``'s weights,
+    on its device and in its train/eval mode."""
+    transformers = _transformers()
+    cfg = model.cfg
+    cls = transformers.Qwen3ForCausalLM if cfg.qk_norm else transformers.LlamaForCausalLM
+    hf = cls(hf_config(cfg))
+    hf.load_state_dict(_to_hf_state_dict(model.state_dict(), cfg))
+    return hf.to(model.embed.weight.device).train(model.training)
+
+
+def from_hf(hf_model: PreTrainedModel) -> Transformer:
+    """A ringworld ``Transformer`` holding a copy of an HF Llama/Qwen3 causal LM's weights, on its device and
+    in its train/eval mode."""
+    cfg = model_config(hf_model.config)
+    model = Transformer(cfg)
+    model.load_state_dict(_from_hf_state_dict(hf_model.state_dict(), cfg))
+    return model.to(hf_model.device).train(hf_model.training)
+
+
+# weight names ---------------------------------------------------------------------------------
+def _to_hf_state_dict(sd: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
+    q, kv = cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
+    out = {
+        "model.embed_tokens.weight": sd["embed.weight"],
+        "model.norm.weight": sd["norm.weight"],
+        "lm_head.weight": sd["head.weight"],  # the same tensor as the embedding when tied, in both models
+    }
+    for i in range(cfg.n_layers):
+        rw, hf = f"layers.{i}.", f"model.layers.{i}."
+        wq, wk, wv = sd[rw + "attn.wqkv.weight"].split([q, kv, kv])  # (q + 2 kv, dim) -> (q, dim), (kv, dim) x2
+        gate, up = sd[rw + "mlp.w_gate_up.weight"].chunk(2)  # (2 ffn, dim) -> (ffn, dim) x2
+        out |= {
+            hf + "input_layernorm.weight": sd[rw + "attn_norm.weight"],
+            hf + "self_attn.q_proj.weight": wq,
+            hf + "self_attn.k_proj.weight": wk,
+            hf + "self_attn.v_proj.weight": wv,
+            hf + "self_attn.o_proj.weight": sd[rw + "attn.wo.weight"],
+            hf + "post_attention_layernorm.weight": sd[rw + "mlp_norm.weight"],
+            hf + "mlp.gate_proj.weight": gate,
+            hf + "mlp.up_proj.weight": up,
+            hf + "mlp.down_proj.weight": sd[rw + "mlp.w_down.weight"],
+        }
+        if cfg.qk_norm:
+            out[hf + "self_attn.q_norm.weight"] = sd[rw + "attn.q_norm.weight"]
+            out[hf + "self_attn.k_norm.weight"] = sd[rw + "attn.k_norm.weight"]
+    return out
+
+
+def _from_hf_state_dict(sd: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
+    out = {
+        "embed.weight": sd["model.embed_tokens.weight"],
+        "norm.weight": sd["model.norm.weight"],
+        "head.weight": sd["lm_head.weight"],
+    }
+    for i in range(cfg.n_layers):
+        rw, hf = f"layers.{i}.", f"model.layers.{i}."
+        qkv = [sd[hf + f"self_attn.{p}_proj.weight"] for p in "qkv"]
+        out |= {
+            rw + "attn_norm.weight": sd[hf + "input_layernorm.weight"],
+            rw + "attn.wqkv.weight": torch.cat(qkv),  # (q + 2 kv, dim)
+            rw + "attn.wo.weight": sd[hf + "self_attn.o_proj.weight"],
+            rw + "mlp_norm.weight": sd[hf + "post_attention_layernorm.weight"],
+            rw + "mlp.w_gate_up.weight": torch.cat([sd[hf + "mlp.gate_proj.weight"], sd[hf + "mlp.up_proj.weight"]]),
+            rw + "mlp.w_down.weight": sd[hf + "mlp.down_proj.weight"],
+        }
+        if cfg.qk_norm:
+            out[rw + "attn.q_norm.weight"] = sd[hf + "self_attn.q_norm.weight"]
+            out[rw + "attn.k_norm.weight"] = sd[hf + "self_attn.k_norm.weight"]
+    return out

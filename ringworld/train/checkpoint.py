@@ -1,0 +1,198 @@
+"""Checkpoints: self-contained, resumable at any world size, written so a crash keeps the last good one.
+
+RUN/checkpoints/step_0000100/
+    model.safetensors       the full weights (gathered from every shard), loadable on its own
+    config.json             model and training config
+    tokenizer/              the tokenizer directory the model reads and writes
+    trainer_state.json      step, data-sampler state, schedule, tokens seen, time spent
+    optimizer/              AdamW state, sharded with torch.distributed.checkpoint (reshards on load)
+    rng/rank_<r>.pt         each process's torch RNG state
+RUN/checkpoints/latest      the name of the newest complete checkpoint
+
+Every rank writes into ``.step_N.tmp``; only when all are done does rank 0 rename it into place
+and point ``latest`` at it, so ``latest`` always names a whole checkpoint.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import warnings
+from collections.abc import Iterator
+from contextlib import contextmanager
+from pathlib import Path
+
+import torch
+import torch.distributed.checkpoint as dcp
+from safetensors.torch import load_file, save_file
+from torch.distributed.checkpoint.state_dict import (
+    StateDictOptions,
+    get_model_state_dict,
+    get_optimizer_state_dict,
+    set_model_state_dict,
+    set_optimizer_state_dict,
+)
+
+from ringworld.io import atomic_write_text
+from ringworld.model.transformer import ModelConfig, Transformer
+from ringworld.parallel.mesh import Distributed
+
+FORMAT = "ringworld-checkpoint/1"
+CHECKPOINTS = "checkpoints"
+LATEST = "latest"
+WEIGHTS = "model.safetensors"
+
+
+def checkpoint_name(step: int) -> str:
+    return f"step_{step:07d}"
+
+
+def latest_checkpoint(run: str | Path) -> Path | None:
+    pointer = Path(run) / CHECKPOINTS / LATEST
+    if not pointer.is_file():
+        return None
+    path = pointer.parent / pointer.read_text().strip()
+    return path if path.is_dir() else None
+
+
+def resolve_checkpoint(path: str | Path) -> Path:
+    """A checkpoint directory from either itself or a run directory (its latest checkpoint)."""
+    path = Path(path)
+    if (path / WEIGHTS).is_file():
+        return path
+    latest = latest_checkpoint(path)
+    if latest is None:
+        raise FileNotFoundError(
+            f"{path} is neither a checkpoint (no {WEIGHTS}) nor a run with one (no {CHECKPOINTS}/{LATEST}); "
+            f"train one with `ringworld train --out {path}`"
+        )
+    return latest
+
+
+@contextmanager
+def _quiet_dcp() -> Iterator[None]:
+    """DCP warns that it runs without a process group; for one process that is the intent."""
+    with warnings.catch_warnings():
+        warnings.filterwarnings("ignore", message="torch.distributed is disabled")
+        yield
+
+
+def save_checkpoint(
+    run: Path,
+    step: int,
+    model: Transformer,
+    optimizer: torch.optim.Optimizer,
+    trainer_state: dict,
+    config: dict,
+    d: Distributed,
+    *,
+    keep: int = 2,
+) -> Path:
+    """Write checkpoint ``step`` of ``run`` (collective: every rank calls it). Returns its path."""
+    ckpts = run / CHECKPOINTS
+    name = checkpoint_name(step)
+    tmp = ckpts / f".{name}.tmp"
+    if d.is_main:
+        shutil.rmtree(tmp, ignore_errors=True)
+        (tmp / "rng").mkdir(parents=True)
+    d.barrier()
+
+    full = get_model_state_dict(model, options=StateDictOptions(full_state_dict=True, cpu_offload=True))
+    optim = get_optimizer_state_dict(model, optimizer)
+    with _quiet_dcp():
+        dcp.save({"optimizer": optim}, checkpoint_id=tmp / "optimizer")
+    torch.save(_rng_state(d.device), tmp / "rng" / f"rank_{d.rank}.pt")
+    if d.is_main:
+        if model.cfg.tie_embeddings:
+            full.pop("head.weight")  # the same tensor as embed.weight; safetensors stores it once
+        save_file({k: v.contiguous() for k, v in full.items()}, tmp / WEIGHTS, metadata={"format": FORMAT})
+        (tmp / "config.json").write_text(json.dumps({"format": FORMAT, **config}, indent=2) + "\n")
+        (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=2) + "\n")
+        shutil.copytree(run / "tokenizer", tmp / "tokenizer")
+    d.barrier()
+
+    final = ckpts / name
+    if d.is_main:
+        if final.exists():
+            shutil.rmtree(final)
+        os.replace(tmp, final)
+        atomic_write_text(ckpts / LATEST, name + "\n")
+        _prune(ckpts, keep)
+    d.barrier()
+    return final
+
+
+def _prune(ckpts: Path, keep: int) -> None:
+    steps = sorted(p for p in ckpts.glob("step_*") if p.is_dir())
+    for old in steps[: max(0, len(steps) - keep)]:
+        shutil.rmtree(old, ignore_errors=True)
+
+
+def _rng_state(device: torch.device) -> dict[str, torch.Tensor]:
+    state = {"cpu": torch.get_rng_state()}
+    if device.type == "cuda":
+        state["cuda"] = torch.cuda.get_rng_state(device)
+    return state
+
+
+def read_config(checkpoint: Path) -> dict:
+    path = checkpoint / "config.json"
+    try:
+        config = json.loads(path.read_text())
+    except (OSError, json.JSONDecodeError) as e:
+        raise ValueError(f"cannot read {path} ({e}); the checkpoint is damaged: use an earlier one") from e
+    if config.get("format") != FORMAT:
+        raise ValueError(f"{path} has format {config.get('format')!r}; this ringworld reads {FORMAT!r}")
+    return config
+
+
+def load_weights(checkpoint: Path, model: Transformer) -> None:
+    """Copy the checkpoint's full weights into ``model`` (sharded or not: each rank takes its part)."""
+    weights = load_file(checkpoint / WEIGHTS)
+    if model.cfg.tie_embeddings:
+        weights["head.weight"] = weights["embed.weight"]
+    set_model_state_dict(model, weights, options=StateDictOptions(full_state_dict=True))
+
+
+def load_training_state(checkpoint: Path, model: Transformer, optimizer: torch.optim.Optimizer, d: Distributed) -> dict:
+    """Restore weights, optimizer and (same world size) RNG; return the trainer state."""
+    load_weights(checkpoint, model)
+    _materialize_optimizer_state(optimizer)
+    optim = get_optimizer_state_dict(model, optimizer)
+    with _quiet_dcp():
+        dcp.load({"optimizer": optim}, checkpoint_id=checkpoint / "optimizer")
+    set_optimizer_state_dict(model, optimizer, optim)
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    rng = checkpoint / "rng" / f"rank_{d.rank}.pt"
+    if state.get("world_size") == d.world_size and rng.is_file():
+        saved = torch.load(rng, weights_only=True)
+        torch.set_rng_state(saved["cpu"])
+        if "cuda" in saved and d.device.type == "cuda":
+            torch.cuda.set_rng_state(saved["cuda"], d.device)
+    return state
+
+
+@torch.no_grad()
+def _materialize_optimizer_state(optimizer: torch.optim.Optimizer) -> None:
+    """Give a fresh optimizer its state tensors (a step with zero gradients at lr 0, which changes
+    no weight), so a checkpoint's state has somewhere to load into."""
+    lrs = [group["lr"] for group in optimizer.param_groups]
+    for group in optimizer.param_groups:
+        group["lr"] = 0.0
+        for p in group["params"]:
+            if p.grad is None:
+                p.grad = torch.zeros_like(p)
+    optimizer.step()
+    optimizer.zero_grad(set_to_none=True)
+    for group, lr in zip(optimizer.param_groups, lrs, strict=True):
+        group["lr"] = lr
+
+
+def load_model(path: str | Path, device: str | torch.device = "cpu") -> tuple[Transformer, Path]:
+    """The model of a checkpoint (or a run's latest one), in eval mode, for inference."""
+    checkpoint = resolve_checkpoint(path)
+    cfg = ModelConfig.from_dict(read_config(checkpoint)["model"])
+    model = Transformer(cfg)
+    load_weights(checkpoint, model)
+    return model.to(device).eval(), checkpoint

@@ -1,0 +1,78 @@
+"""Training settings: one dataclass, saved with every run and checkpoint (no torch needed to read it)."""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field, fields
+from typing import TYPE_CHECKING
+
+from ringworld.world.tasks import TASKS
+
+if TYPE_CHECKING:
+    from ringworld.model.transformer import ModelConfig
+
+
+@dataclass
+class TrainConfig:
+    out: str  # run directory
+    tokenizer: str = ""  # tokenizer directory (copied into the run)
+    data: str = "world"  # "world" (the sprite-world task mixture) or an ingested shard directory
+    tasks: dict[str, float] | None = None  # world task weights; None = uniform
+    video_frames: int = 4
+    preset: str = "tiny"
+    depth: int = 0  # 0: the preset's depth
+    model: dict = field(default_factory=dict)  # ModelConfig overrides (rope_theta, qk_norm, ...)
+    seq_len: int = 1024
+    batch_size: int = 8  # rows per optimizer step, over all ranks and micro-batches
+    grad_accum: int = 1
+    steps: int = 1000
+    max_seconds: float = 0.0  # > 0: stop after this much training time; the schedule follows
+    lr: float = 3e-3
+    min_lr_ratio: float = 0.1
+    warmup: int = 50
+    weight_decay: float = 0.1
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float = 1.0
+    text_weight: float = 0.5
+    vision_weight: float = 0.5
+    caption_dropout: float = 0.1
+    seed: int = 0
+    dtype: str = "auto"  # auto: bf16 autocast on an accelerator, fp32 on the CPU
+    compile: bool = False
+    activation_checkpointing: bool = False
+    log_every: int = 10
+    save_every: int = 500
+    keep: int = 2
+    tensorboard: bool = True
+
+    def __post_init__(self) -> None:
+        self.betas = tuple(self.betas)
+        problems = []
+        for name in ("seq_len", "batch_size", "grad_accum", "steps", "log_every", "save_every", "keep"):
+            if getattr(self, name) < 1:
+                problems.append(f"{name} must be at least 1 (got {getattr(self, name)})")
+        if self.dtype not in ("auto", "fp32", "bf16"):
+            problems.append(f"dtype must be auto, fp32 or bf16 (got {self.dtype!r})")
+        if self.tasks is not None and set(self.tasks) - set(TASKS):
+            problems.append(f"unknown task(s) {sorted(set(self.tasks) - set(TASKS))}; tasks are {', '.join(TASKS)}")
+        if problems:
+            raise ValueError("bad training config: " + "; ".join(problems))
+        if self.text_weight < 0 or self.vision_weight < 0 or self.text_weight + self.vision_weight <= 0:
+            problems.append(f"loss weights must be >= 0 and not both 0 (got {self.text_weight}, {self.vision_weight})")
+        if not 0 <= self.caption_dropout < 1:
+            problems.append(f"caption dropout is a probability in [0, 1) (got {self.caption_dropout})")
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, d: dict) -> TrainConfig:
+        known = {f.name for f in fields(cls)}
+        return cls(**{k: v for k, v in d.items() if k in known})
+
+    def model_config(self, vocab_size: int) -> ModelConfig:
+        from ringworld.model.transformer import ModelConfig
+
+        overrides = {"max_seq_len": self.seq_len, **self.model}
+        if self.depth:
+            return ModelConfig.from_depth(self.depth, vocab_size, **overrides)
+        return ModelConfig.preset(self.preset, vocab_size, **overrides)

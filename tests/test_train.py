@@ -1,0 +1,126 @@
+import json
+import os
+import subprocess
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from ringworld.cli import main
+from ringworld.train import checkpoint as checkpoint_module
+from ringworld.train.checkpoint import latest_checkpoint, load_model
+from ringworld.train.config import TrainConfig
+from ringworld.train.loop import lr_at, train
+
+SMALL = dict(depth=1, seq_len=256, video_frames=2, batch_size=4, steps=6, warmup=2, log_every=1, tensorboard=False)
+
+
+def losses(history):
+    return [h["loss"] for h in history]
+
+
+def weights(run: Path) -> dict[str, torch.Tensor]:
+    return load_file(latest_checkpoint(run) / "model.safetensors")
+
+
+def test_resume_gives_identical_losses_and_weights(world_tokenizer_dir, tmp_path):
+    cfg = TrainConfig(out=str(tmp_path / "once"), tokenizer=str(world_tokenizer_dir), grad_accum=2, **SMALL)
+    once = train(cfg, progress=False)
+    split = replace(cfg, out=str(tmp_path / "split"))
+    first = train(split, stop_at=3, progress=False)
+    assert first.checkpoint.name == "step_0000003"
+    second = train(split, resume=True, progress=False)
+    assert [h["step"] for h in second.history] == [4, 5, 6]
+    assert losses(first.history) + losses(second.history) == losses(once.history)  # exact, not close
+    a, b = weights(tmp_path / "once"), weights(tmp_path / "split")
+    assert a.keys() == b.keys() and all(torch.equal(a[k], b[k]) for k in a)
+    logged = [json.loads(line)["step"] for line in (tmp_path / "split" / "metrics.jsonl").read_text().splitlines()]
+    assert logged == [1, 2, 3, 4, 5, 6]
+
+
+def test_gradient_accumulation_equals_one_big_batch(world_tokenizer_dir, tmp_path):
+    base = TrainConfig(out=str(tmp_path / "a"), tokenizer=str(world_tokenizer_dir), **{**SMALL, "steps": 3})
+    big = train(base, progress=False)
+    accumulated = train(replace(base, out=str(tmp_path / "b"), grad_accum=4), progress=False)
+    torch.testing.assert_close(losses(accumulated.history), losses(big.history), atol=1e-5, rtol=0)
+
+
+def test_checkpoint_is_self_contained_and_a_failed_save_keeps_the_last(world_tokenizer_dir, tmp_path, monkeypatch):
+    run = tmp_path / "run"
+    cfg = TrainConfig(out=str(run), tokenizer=str(world_tokenizer_dir), **{**SMALL, "steps": 4, "save_every": 2})
+    train(cfg, stop_at=2, progress=False)
+    good = latest_checkpoint(run)
+    names = {p.name for p in good.iterdir()}
+    assert {"model.safetensors", "config.json", "tokenizer", "trainer_state.json", "optimizer", "rng"} <= names
+    model, path = load_model(run)
+    assert path == good and not model.training
+
+    def crash(*args, **kwargs):
+        raise OSError("disk full")
+
+    monkeypatch.setattr(checkpoint_module, "save_file", crash)
+    with pytest.raises(OSError, match="disk full"):
+        train(cfg, resume=True, progress=False)
+    assert latest_checkpoint(run) == good and sorted(p.name for p in (run / "checkpoints").glob("step_*")) == [
+        "step_0000002"
+    ]
+    monkeypatch.undo()
+    resumed = train(cfg, resume=True, progress=False)
+    assert [h["step"] for h in resumed.history] == [3, 4]
+
+
+def test_schedule_warms_up_then_decays_to_the_floor():
+    cfg = TrainConfig(out="x", steps=100, warmup=10, lr=1.0, min_lr_ratio=0.1)
+    assert lr_at(cfg, 0, 0) == pytest.approx(0.1) and lr_at(cfg, 9, 0) == pytest.approx(1.0)
+    assert lr_at(cfg, 55, 0) == pytest.approx(0.55) and lr_at(cfg, 100, 0) == pytest.approx(0.1)
+    timed = replace(cfg, max_seconds=10.0)
+    assert lr_at(timed, 20, 10.0) == pytest.approx(0.1)  # out of time: at the floor whatever the step
+
+
+def test_train_cli_errors(world_tokenizer_dir, tmp_path, capsys):
+    common = ["--depth", "1", "--seq-len", "256", "--video-frames", "2", "--steps", "1", "--no-tensorboard"]
+    assert main(["train", "--out", str(tmp_path / "a"), *common]) == 2
+    assert "pass --tokenizer" in capsys.readouterr().err
+    assert main(["train", "--out", str(tmp_path / "b"), "--resume", *common]) == 2
+    assert "no checkpoint to resume" in capsys.readouterr().err
+    tok = ["--tokenizer", str(world_tokenizer_dir)]
+    assert main(["train", "--out", str(tmp_path / "c"), *tok, *common, "--batch-size", "3", "--grad-accum", "2"]) == 2
+    assert "multiple of 2" in capsys.readouterr().err
+    assert main(["train", "--out", str(tmp_path / "d"), *tok, *common, "--seq-len", "64"]) == 2
+    assert "raise --seq-len" in capsys.readouterr().err
+    assert main(["train", "--out", str(tmp_path / "e"), *tok, *common]) == 0
+    assert main(["train", "--out", str(tmp_path / "e"), *tok, *common]) == 2
+    assert "--resume" in capsys.readouterr().err
+
+
+def torchrun(nproc: int, args: list[str]) -> None:
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
+    done = subprocess.run([*cmd, "-m", "ringworld", "train", *args], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+
+
+def logged_losses(run: Path) -> list[float]:
+    return [json.loads(line)["loss"] for line in (run / "metrics.jsonl").read_text().splitlines()]
+
+
+@pytest.mark.slow
+def test_fsdp_two_processes_equal_one_and_resume_at_another_world_size(world_tokenizer_dir, tmp_path):
+    """FSDP2 over gloo, 2 processes sharing the global batch, against one process; then the 2-process
+    run's sharded checkpoint resumed by one process, and a one-process checkpoint by two."""
+    cfg = TrainConfig(out=str(tmp_path / "single"), tokenizer=str(world_tokenizer_dir), **{**SMALL, "steps": 4})
+    single = losses(train(cfg, progress=False).history)
+    args = ["--tokenizer", str(world_tokenizer_dir), "--depth", "1", "--seq-len", "256", "--video-frames", "2"]
+    args += ["--batch-size", "4", "--steps", "4", "--warmup", "2", "--log-every", "1", "--no-tensorboard"]
+
+    torchrun(2, ["--out", str(tmp_path / "dp2"), *args, "--stop-at", "2"])
+    assert torch.allclose(torch.tensor(logged_losses(tmp_path / "dp2")), torch.tensor(single[:2]), atol=1e-5, rtol=0)
+    assert main(["train", "--out", str(tmp_path / "dp2"), "--resume"]) == 0  # 2 -> 1 process
+    torch.testing.assert_close(logged_losses(tmp_path / "dp2"), single, atol=1e-5, rtol=0)
+
+    train(replace(cfg, out=str(tmp_path / "dp1")), stop_at=2, progress=False)
+    torchrun(2, ["--out", str(tmp_path / "dp1"), "--resume"])  # 1 -> 2 processes
+    torch.testing.assert_close(logged_losses(tmp_path / "dp1"), single, atol=1e-5, rtol=0)
