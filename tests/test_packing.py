@@ -79,8 +79,10 @@ def one_by_one_loss(model, docs, weights):
     return balanced_loss(sums, counts, weights)
 
 
+@pytest.mark.parametrize("kernel", ["mask", "documents"])
 @pytest.mark.parametrize("qk_norm", [False, True])
-def test_packed_loss_and_gradients_equal_documents_one_by_one(qk_norm):
+def test_packed_loss_and_gradients_equal_documents_one_by_one(qk_norm, kernel, monkeypatch):
+    monkeypatch.setattr(attention_module, "DOCUMENTS_MIN_LEN_CPU", 0 if kernel == "documents" else 10**9)
     torch.manual_seed(0)
     cfg = ModelConfig(vocab_size=VOCAB, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=128, qk_norm=qk_norm)
     model = Transformer(cfg)
@@ -114,20 +116,47 @@ def test_balanced_loss_renormalises_over_present_modalities():
         balanced_loss(torch.zeros(2), torch.zeros(2, dtype=torch.float64), LossWeights())
 
 
+def attention_and_grads(kernel, q, k, v, seg):
+    out = attention_module.attention(q, k, v, attention_module.document_mask(seg, kernel=kernel))
+    return (out, *torch.autograd.grad(out.pow(2).sum(), (q, k, v)))
+
+
+def random_qkv_and_segments(T: int, dtype=torch.float64):
+    g = torch.Generator().manual_seed(T)
+    B, H, D = 3, 4, 16
+    q, k, v = (torch.randn(B, h, T, D, generator=g, dtype=dtype, requires_grad=True) for h in (H, 2, 2))
+    seg = torch.sort(torch.randint(0, 6, (B, T), generator=g), dim=1).values
+    seg[0, T - T // 5 :] = PAD_SEGMENT  # a padded row
+    seg[2] = 0  # a row that is one document
+    return q, k, v, seg
+
+
+@pytest.mark.parametrize("T", [50, 300])
+def test_documents_kernel_equals_the_boolean_mask_with_gradients(T):
+    q, k, v, seg = random_qkv_and_segments(T)
+    documents, mask = attention_and_grads("documents", q, k, v, seg), attention_and_grads("mask", q, k, v, seg)
+    for got, expected in zip(documents, mask, strict=True):
+        torch.testing.assert_close(got, expected, atol=1e-12, rtol=0)
+
+
+def test_kernel_choice_follows_the_measurements():
+    cpu, gpu = torch.device("cpu"), torch.device("cuda")
+    assert attention_module.pick_kernel(cpu, 256) == "mask"
+    assert attention_module.pick_kernel(cpu, 4096) == "documents"
+    assert attention_module.pick_kernel(gpu, 4096) == "flex"
+    assert attention_module.document_mask(torch.zeros(2, 8, dtype=torch.long)) is None  # one document a row
+
+
 @pytest.mark.slow
-def test_flex_kernel_matches_sdpa_mask(monkeypatch):
-    """The compiled FlexAttention path (chosen for long rows without grad) gives what SDPA with a
-    boolean mask gives (compiles once: ~10 s on 2 cores)."""
-    torch.manual_seed(0)
-    B, H, T, D = 2, 4, 256, 16
-    q, k, v = torch.randn(B, H, T, D), torch.randn(B, 2, T, D), torch.randn(B, 2, T, D)
-    seg = torch.sort(torch.randint(0, 5, (B, T)), dim=1).values
-    sdpa = attention_module.document_mask(seg, grad=True)
-    monkeypatch.setattr(attention_module, "FLEX_MIN_LEN_CPU", 128)
-    flex = attention_module.document_mask(seg, grad=False)
-    assert (sdpa.kernel, flex.kernel) == ("sdpa", "flex")
-    expected = attention_module.attention(q, k, v, sdpa)
-    torch.testing.assert_close(attention_module.attention(q, k, v, flex), expected, atol=1e-5, rtol=1e-5)
+def test_flex_kernel_matches_the_boolean_mask():
+    """The compiled FlexAttention path (chosen on accelerators) gives what SDPA with a boolean mask
+    gives; checked here on the CPU, forward only (compiles once: ~10 s on 2 cores)."""
+    q, k, v, seg = random_qkv_and_segments(256, dtype=torch.float32)
+    q, k, v = q.detach(), k.detach(), v.detach()
+    with torch.no_grad():
+        expected = attention_module.attention(q, k, v, attention_module.document_mask(seg, kernel="mask"))
+        flex = attention_module.document_mask(seg, kernel="flex")
+        torch.testing.assert_close(attention_module.attention(q, k, v, flex), expected, atol=1e-5, rtol=1e-5)
 
 
 # world source ------------------------------------------------------------------------------

@@ -1,16 +1,20 @@
 """One attention entry for the decoder: dense causal, or causal within documents for packed rows.
 
 Packed rows carry ``segment_ids``: a token may attend to earlier tokens of its own document only.
-How that mask is applied is chosen by what was measured to be faster (``bench/attention.py``):
+Three kernels do that exactly; which one runs follows measurements (``bench/attention.py``,
+table in docs/results.md):
 
-| where                          | kernel                                              |
-| ------------------------------ | --------------------------------------------------- |
-| no segments                    | SDPA, ``is_causal=True`` (flash kernels on CPU/GPU) |
-| segments, accelerator          | FlexAttention with a BlockMask (skips empty blocks) |
-| segments, CPU, training        | SDPA with a boolean mask (Flex has no CPU backward) |
-| segments, CPU, no grad, long   | FlexAttention (compiled), faster from 2K tokens on  |
+| kernel        | how                                                            | picked for        |
+| ------------- | -------------------------------------------------------------- | ----------------- |
+| ``documents`` | gather each document into a row of its own (rows bucketed by   | CPU, rows >= 512  |
+|               | length), plain causal SDPA, scatter back: no masked-out work   |                   |
+| ``mask``      | SDPA with a (B, 1, T, T) boolean mask                          | CPU, short rows   |
+| ``flex``      | FlexAttention with a BlockMask (compiled, skips empty blocks)  | accelerators      |
 
-Ring attention (context parallel, #5) plugs in here too, so the model never knows which it got.
+On a 2-core CPU, ``documents`` is 1.3x (512 tokens) to 13x (4K tokens of world documents) faster
+than the mask in training; compiled Flex lost to both there (and has no CPU backward). Rows that
+are one document each (or no ``segment_ids``) take plain causal SDPA. Ring attention (context
+parallel) plugs in here too, so the model never knows which it got.
 """
 
 from __future__ import annotations
@@ -21,8 +25,8 @@ import torch
 import torch.nn.functional as F
 from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
 
-# CPU FlexAttention forward beat SDPA-with-mask from this many tokens on (bench/attention.py)
-FLEX_MIN_LEN_CPU = 2048
+DOCUMENTS_MIN_LEN_CPU = 512  # below this the boolean mask was as fast or faster (bench/attention.py)
+BUCKET = 64  # documents are gathered into rows padded to a multiple of this many tokens
 
 _compiled_flex = None
 
@@ -35,36 +39,123 @@ def _flex(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask: BlockMa
 
 
 @dataclass
+class DocumentBuckets:
+    """Where each document's tokens sit once documents are gathered into rows of their own.
+
+    Documents are grouped by length rounded up to ``BUCKET``; bucket ``b`` is an ``(n_b, L_b)`` block
+    of slots, and the blocks are laid end to end in one slot axis of length S.
+    """
+
+    slots: torch.Tensor  # (S,) token (flat index into B*T) in each slot; past a document's end, its first token
+    real: torch.Tensor  # (S,) bool, the slot holds a token of its document (not padding)
+    scatter: torch.Tensor  # (B*T,) the one real slot of each token
+    shapes: list[tuple[int, int]]  # (n_b, L_b) of each bucket
+
+
+class _Gather(torch.autograd.Function):
+    """``x.index_select(0, index)`` whose backward is a gather too (``inverse``, zeroed where
+    ``keep`` is False) instead of index_select's accumulating scatter, which is slow on CPU.
+
+    Exact here because every input row has exactly one output row that can carry gradient: the
+    extra copies in padding slots sit after their document's end, so under a causal mask nothing
+    attends to them and their gradient is exactly zero.
+    """
+
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, index: torch.Tensor, inverse: torch.Tensor, keep: torch.Tensor | None):
+        ctx.save_for_backward(inverse, keep)
+        return x.index_select(0, index)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        inverse, keep = ctx.saved_tensors
+        grad = grad.index_select(0, inverse)
+        if keep is not None:
+            grad = grad * keep.view(-1, *([1] * (grad.dim() - 1)))
+        return grad, None, None, None
+
+
+@dataclass
 class DocumentMask:
     """Causal-within-document masking for one batch of rows, built once and shared by every layer."""
 
     segment_ids: torch.Tensor  # (B, T) int; equal ids = same document
-    kernel: str  # "flex" or "sdpa"
-    mask: torch.Tensor | BlockMask  # (B, 1, T, T) bool for sdpa, a BlockMask for flex
+    kernel: str  # "documents", "flex" or "mask"
+    mask: DocumentBuckets | BlockMask | torch.Tensor  # per kernel; the tensor is (B, 1, T, T) bool
 
 
-def use_flex(device: torch.device, seq_len: int, grad: bool) -> bool:
-    if device.type == "cpu":
-        return not grad and seq_len >= FLEX_MIN_LEN_CPU
-    return True
+def pick_kernel(device: torch.device, seq_len: int) -> str:
+    if device.type != "cpu":
+        return "flex"
+    return "documents" if seq_len >= DOCUMENTS_MIN_LEN_CPU else "mask"
 
 
-def document_mask(segment_ids: torch.Tensor | None, *, grad: bool | None = None) -> DocumentMask | None:
-    """The mask for packed rows (None when there are no segments: plain causal attention)."""
-    if segment_ids is None:
+def document_buckets(segment_ids: torch.Tensor) -> DocumentBuckets:
+    """Documents are maximal runs of one segment id in a row (a row's padding is one more run)."""
+    B, T = segment_ids.shape
+    device = segment_ids.device
+    change = torch.ones(B, T, dtype=torch.bool, device=device)
+    change[:, 1:] = segment_ids[:, 1:] != segment_ids[:, :-1]
+    starts = change.flatten().nonzero().squeeze(1)  # (R,) flat index of each document's first token
+    lengths = torch.diff(starts, append=torch.tensor([B * T], device=device))  # (R,)
+    sizes = (lengths + BUCKET - 1) // BUCKET * BUCKET  # (R,) padded length of each document
+    slots, real, shapes = [], [], []
+    for size in sizes.unique().tolist():
+        runs = (sizes == size).nonzero().squeeze(1)
+        j = torch.arange(size, device=device)  # (L,)
+        inside = j[None] < lengths[runs, None]  # (n, L)
+        slots.append((starts[runs, None] + torch.where(inside, j[None], 0)).flatten())
+        real.append(inside.flatten())
+        shapes.append((len(runs), size))
+    slots_t, real_t = torch.cat(slots), torch.cat(real)
+    scatter = torch.empty(B * T, dtype=torch.long, device=device)
+    scatter[slots_t[real_t]] = torch.arange(len(slots_t), device=device)[real_t]
+    return DocumentBuckets(slots_t, real_t, scatter, shapes)
+
+
+def _by_document(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, buckets: DocumentBuckets) -> torch.Tensor:
+    B, H, T, hd = q.shape
+    gqa = q.size(1) != k.size(1)
+    sizes = [n * L for n, L in buckets.shapes]
+
+    def bucketed(x: torch.Tensor) -> list[torch.Tensor]:
+        tokens = x.transpose(1, 2).reshape(B * T, x.size(1), hd)  # (B*T, heads, hd)
+        slots = _Gather.apply(tokens, buckets.slots, buckets.scatter, None)  # (S, heads, hd)
+        return [
+            s.view(n, L, x.size(1), hd).transpose(1, 2)
+            for s, (n, L) in zip(slots.split(sizes), buckets.shapes, strict=True)
+        ]
+
+    outputs = []
+    for qb, kb, vb in zip(bucketed(q), bucketed(k), bucketed(v), strict=True):  # (n, heads, L, hd) each
+        # right-padded documents under a causal mask: no real query sees a padding slot
+        y = F.scaled_dot_product_attention(qb, kb, vb, is_causal=True, enable_gqa=gqa)  # (n, H, L, hd)
+        outputs.append(y.transpose(1, 2).reshape(-1, H, hd))  # (n*L, H, hd)
+    y = _Gather.apply(torch.cat(outputs), buckets.scatter, buckets.slots, buckets.real)  # (B*T, H, hd)
+    return y.view(B, T, H, hd).transpose(1, 2)
+
+
+def document_mask(segment_ids: torch.Tensor | None, *, kernel: str | None = None) -> DocumentMask | None:
+    """The mask for packed rows; None (plain causal attention) without segments or when every row
+    is one document. ``kernel`` overrides the measured choice (tests and benchmarks)."""
+    if segment_ids is None or bool((segment_ids == segment_ids[:, :1]).all()):
         return None
     B, T = segment_ids.shape
-    grad = torch.is_grad_enabled() if grad is None else grad
-    if use_flex(segment_ids.device, T, grad):
+    kernel = kernel or pick_kernel(segment_ids.device, T)
+    if kernel == "documents":
+        return DocumentMask(segment_ids, kernel, document_buckets(segment_ids))
+    if kernel == "flex":
 
         def same_document_causal(b, h, q_idx, kv_idx):
             return (segment_ids[b, q_idx] == segment_ids[b, kv_idx]) & (q_idx >= kv_idx)
 
         block_mask = create_block_mask(same_document_causal, B, None, T, T, device=segment_ids.device)
-        return DocumentMask(segment_ids, "flex", block_mask)
+        return DocumentMask(segment_ids, kernel, block_mask)
+    if kernel != "mask":
+        raise ValueError(f"unknown attention kernel {kernel!r}; kernels are documents, flex and mask")
     causal = torch.ones(T, T, dtype=torch.bool, device=segment_ids.device).tril()
     same = segment_ids[:, None, :, None] == segment_ids[:, None, None, :]  # (B, 1, T, T)
-    return DocumentMask(segment_ids, "sdpa", same & causal)
+    return DocumentMask(segment_ids, kernel, same & causal)
 
 
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: DocumentMask | None) -> torch.Tensor:
@@ -72,6 +163,8 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: DocumentM
     gqa = q.size(1) != k.size(1)
     if mask is None:
         return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+    if mask.kernel == "documents":
+        return _by_document(q, k, v, mask.mask)
     if mask.kernel == "flex":
         return _flex(q, k, v, mask.mask)
     return F.scaled_dot_product_attention(q, k, v, attn_mask=mask.mask, enable_gqa=gqa)

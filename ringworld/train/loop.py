@@ -183,7 +183,7 @@ def train(
             for group in optimizer.param_groups:
                 group["lr"] = lr
             batch = source.next_batch(rows)
-            sums, counts, grad_norm = _step(model, optimizer, batch, cfg, weights, d, autocast)
+            sums, counts, grad_norm = train_step(model, optimizer, batch, cfg, weights, d, autocast)
             loss = float(balanced_loss(sums, counts, weights))
             step += 1
             elapsed += time.perf_counter() - t0
@@ -217,7 +217,7 @@ def _named(means: dict[str, float]) -> dict[str, float]:
     return {f"{name}_loss": value for name, value in means.items()}
 
 
-def _step(
+def train_step(
     model: Transformer,
     optimizer: torch.optim.Optimizer,
     batch: PackedBatch,  # this rank's rows of the global batch

@@ -1,0 +1,252 @@
+"""Training throughput: ringworld against Hugging Face transformers' LlamaForCausalLM, same config,
+same weights, same optimizer, in one run.
+
+    python bench/train_throughput.py                      # tiny preset, 4 rows x 1024 tokens, CPU fp32
+    python bench/train_throughput.py --json results.json  # also write the figures
+    python bench/train_throughput.py --device cuda --dtype bf16 --preset small
+
+Two cases, each timed over the same batches for both:
+(a) dense: full rows of random tokens, one document a row: plain causal attention for both.
+(b) mixture: the real world-task mixture (text→image, captions, video, prediction, actions, QA).
+    ringworld packs the documents of a step into rows (masked packing); transformers gets the same
+    documents as one batch padded to the longest, as a collator would. Useful tokens are those
+    of documents, not padding.
+
+A training step is forward, loss, backward, gradient clipping and an AdamW step. MFU counts
+useful FLOPs only (6 x matmul weights per token + causal attention within each document) against
+the measured matmul peak of the device. The two frameworks' steps are timed interleaved in one
+process; peak memory (resident set on CPU, allocated on an accelerator) is measured for each in a
+fresh process of its own.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import multiprocessing as mp
+import resource
+import sys
+import tempfile
+import time
+from contextlib import nullcontext
+from pathlib import Path
+
+import torch
+
+from ringworld.data.packing import IGNORE, pack
+from ringworld.data.sources import WorldSource
+from ringworld.model.hf import to_hf
+from ringworld.model.transformer import ModelConfig, Transformer
+from ringworld.parallel.mesh import Distributed
+from ringworld.perf import measured_peak_flops, synchronize
+from ringworld.tokens.bundle import load_codec, save_tokenizers
+from ringworld.tokens.codec import Codec, Encoded
+from ringworld.train.config import TrainConfig
+from ringworld.train.loop import make_optimizer, train_step
+from ringworld.train.loss import LossWeights
+
+
+def build_tokenizer(directory: Path) -> None:
+    """Token lengths are all the benchmark needs: real BPE, an untrained vision autoencoder."""
+    from ringworld.tokens.text import train_text_tokenizer
+    from ringworld.tokens.vision import VisionConfig, VisionTokenizer
+    from ringworld.world.tasks import caption_corpus
+
+    torch.manual_seed(0)
+    text = train_text_tokenizer(caption_corpus(300), vocab_size=512)
+    save_tokenizers(directory, text, VisionTokenizer(VisionConfig(channels=8, blocks=0)).eval())
+
+
+def step_documents(args: argparse.Namespace, codec: Codec, step: int) -> list[Encoded]:
+    """The documents of one training step: world rows for the mixture, full random rows for dense."""
+    if args.case == "dense":
+        g = torch.Generator().manual_seed(step)
+        ids = torch.randint(0, codec.vocab.size, (args.rows, args.seq_len), generator=g).numpy()
+        ones = torch.ones(args.seq_len, dtype=torch.bool).numpy()
+        return [Encoded(row, ones, codec.vocab.modality(row)) for row in ids]
+    source = WorldSource(codec, seq_len=args.seq_len, rows=args.rows, seed=0)
+    return [doc for r in range(args.rows) for doc in source.row_documents(step, r)]
+
+
+def useful_flops(cfg: ModelConfig, docs: list[Encoded]) -> float:
+    """Training FLOPs that a perfect implementation would spend on these documents."""
+    matmul_per_token = cfg.flops_per_token(0)
+    return sum(matmul_per_token * len(d) + 6 * cfg.n_layers * cfg.dim * len(d) ** 2 for d in docs)
+
+
+def padded_batch(docs: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
+    """What a padding collator hands transformers: ids, attention mask, labels (-100 off the loss)."""
+    longest = max(len(d) for d in docs)
+    ids = torch.full((len(docs), longest), pad_id)
+    mask = torch.zeros(len(docs), longest, dtype=torch.long)
+    labels = torch.full((len(docs), longest), IGNORE)
+    for i, d in enumerate(docs):
+        n = len(d)
+        ids[i, :n] = torch.from_numpy(d.ids)
+        mask[i, :n] = 1
+        labels[i, :n] = torch.where(torch.from_numpy(d.loss_mask), ids[i, :n], IGNORE)
+    return {"input_ids": ids, "attention_mask": mask, "labels": labels}
+
+
+FRAMEWORKS = ("ringworld", "transformers")
+
+
+def make_runners(args: argparse.Namespace) -> tuple[dict, ModelConfig, list[list[Encoded]]]:
+    """A training-step function per framework over the same batches, both from the same weights."""
+    torch.manual_seed(0)
+    device = torch.device(args.device)
+    codec = load_codec(args.tokenizer)
+    cfg = ModelConfig.preset(args.preset, codec.vocab.size, max_seq_len=args.seq_len, qk_norm=False)
+    train_cfg = TrainConfig(out="", seq_len=args.seq_len, batch_size=args.rows, lr=1e-4, warmup=1)
+    autocast = torch.autocast(device.type, dtype=torch.bfloat16) if args.dtype == "bf16" else nullcontext()
+    batches = [step_documents(args, codec, s) for s in range(args.warmup + args.steps)]
+    pad_id = codec.vocab.special("<|pad|>")
+    model = Transformer(cfg)
+    runners = {}
+
+    if "ringworld" in args.frameworks:
+        ours = Transformer(cfg)
+        ours.load_state_dict(model.state_dict())
+        ours = ours.to(device).train()
+        optimizer = make_optimizer(ours, train_cfg, device)
+        single = Distributed(device=device)
+        packed = [pack(docs, args.seq_len, pad_id) for docs in batches]
+
+        def ringworld_step(i: int) -> int:
+            train_step(ours, optimizer, packed[i], train_cfg, LossWeights(), single, autocast)
+            return packed[i].ids.numel()
+
+        runners["ringworld"] = ringworld_step
+
+    if "transformers" in args.frameworks:
+        hf = to_hf(model).to(device).train()
+        hf_optimizer = torch.optim.AdamW(hf.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1)
+        padded = [padded_batch(docs, pad_id) for docs in batches]
+
+        def transformers_step(i: int) -> int:
+            batch = {k: v.to(device) for k, v in padded[i].items()}
+            with autocast:
+                loss = hf(**batch).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(hf.parameters(), 1.0)
+            hf_optimizer.step()
+            hf_optimizer.zero_grad(set_to_none=True)
+            return batch["input_ids"].numel()
+
+        runners["transformers"] = transformers_step
+    return runners, cfg, batches
+
+
+def measure_speed(args: argparse.Namespace) -> list[dict]:
+    """Both frameworks in one process, their steps interleaved (order swapped every step), so a
+    machine that speeds up or slows down during the run does not favour either."""
+    device = torch.device(args.device)
+    runners, cfg, batches = make_runners(args)
+    for i in range(args.warmup):
+        for run in runners.values():
+            run(i)
+    seconds, processed = dict.fromkeys(runners, 0.0), dict.fromkeys(runners, 0)
+    for i in range(args.warmup, args.warmup + args.steps):
+        order = list(runners) if i % 2 else list(reversed(runners))
+        for name in order:
+            synchronize(device)
+            start = time.perf_counter()
+            processed[name] += runners[name](i)
+            synchronize(device)
+            seconds[name] += time.perf_counter() - start
+    timed = batches[args.warmup :]
+    useful = sum(len(d) for docs in timed for d in docs)
+    flops = sum(useful_flops(cfg, docs) for docs in timed)
+    peak = measured_peak_flops(device, torch.bfloat16 if args.dtype == "bf16" else torch.float32)
+    return [
+        {
+            "case": args.case,
+            "framework": name,
+            "tokens_per_s": processed[name] / seconds[name],
+            "useful_tokens_per_s": useful / seconds[name],
+            "pad_fraction": 1 - useful / processed[name],
+            "mfu": flops / seconds[name] / peak,
+            "seconds_per_step": seconds[name] / args.steps,
+        }
+        for name in runners
+    ]
+
+
+def measure_memory(args: argparse.Namespace) -> float:
+    """Peak memory (MiB) of one framework's training steps, in this fresh process."""
+    device = torch.device(args.device)
+    run = make_runners(args)[0][args.frameworks[0]]
+    for i in range(args.warmup + 1):
+        run(i)
+    if device.type == "cpu":
+        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB (Linux)
+    return torch.accelerator.max_memory_allocated(device) / 2**20
+
+
+def _worker(args: argparse.Namespace, queue: mp.Queue) -> None:
+    queue.put(measure_memory(args))
+
+
+def memory_in_fresh_process(args: argparse.Namespace) -> float:
+    ctx = mp.get_context("spawn")
+    queue = ctx.Queue()
+    proc = ctx.Process(target=_worker, args=(args, queue))
+    proc.start()
+    result = queue.get()
+    proc.join()
+    return result
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--preset", default="tiny", choices=["tiny", "small", "base"])
+    parser.add_argument("--seq-len", type=int, default=1024, help="tokens per row")
+    parser.add_argument("--rows", type=int, default=4, help="rows per step (ringworld); the mixture's docs fill them")
+    parser.add_argument("--steps", type=int, default=4, help="timed steps per measurement")
+    parser.add_argument("--warmup", type=int, default=1, help="untimed steps first")
+    parser.add_argument("--device", default="cpu")
+    parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
+    parser.add_argument("--tokenizer", type=Path, help="tokenizer directory (default: a fresh untrained one)")
+    parser.add_argument("--json", type=Path, help="also write the figures here")
+    args = parser.parse_args()
+
+    with tempfile.TemporaryDirectory() as tmp:
+        if args.tokenizer is None:
+            args.tokenizer = Path(tmp) / "tokenizer"
+            build_tokenizer(args.tokenizer)
+        rows = []
+        for case in ("dense", "mixture"):
+            both = argparse.Namespace(**{**vars(args), "case": case, "frameworks": FRAMEWORKS})
+            speed = measure_speed(both)
+            for row in speed:
+                one = argparse.Namespace(**{**vars(both), "frameworks": [row["framework"]]})
+                row["peak_memory_mib"] = memory_in_fresh_process(one)
+            rows += speed
+            print(f"measured {case}", file=sys.stderr, flush=True)
+
+    by = {(r["case"], r["framework"]): r for r in rows}
+    ratios = {
+        "dense_ratio": by["dense", "ringworld"]["tokens_per_s"] / by["dense", "transformers"]["tokens_per_s"],
+        "packed_useful_ratio": by["mixture", "ringworld"]["useful_tokens_per_s"]
+        / by["mixture", "transformers"]["useful_tokens_per_s"],
+    }
+    threads = torch.get_num_threads()
+    print(
+        f"\n{args.preset} preset, {args.rows} rows x {args.seq_len} tokens, {args.device} {args.dtype}, "
+        f"{threads} threads, torch {torch.__version__}\n"
+    )
+    print("| case | framework | tokens/s | useful tokens/s | padding | MFU | peak memory (MiB) |")
+    print("|---|---|---|---|---|---|---|")
+    for r in rows:
+        print(
+            f"| {r['case']} | {r['framework']} | {r['tokens_per_s']:,.0f} | {r['useful_tokens_per_s']:,.0f} | "
+            f"{r['pad_fraction']:.0%} | {r['mfu']:.1%} | {r['peak_memory_mib']:,.0f} |"
+        )
+    print(f"\ndense_ratio {ratios['dense_ratio']:.2f}  packed_useful_ratio {ratios['packed_useful_ratio']:.2f}")
+    if args.json:
+        config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
+        args.json.write_text(json.dumps({"config": config, "results": rows, **ratios}, indent=2) + "\n")
+
+
+if __name__ == "__main__":
+    main()
