@@ -15,8 +15,10 @@ Two cases, each timed over the same batches for both:
 A training step is forward, loss, backward, gradient clipping and an AdamW step. MFU counts
 useful FLOPs only (6 x matmul weights per token + causal attention within each document) against
 the measured matmul peak of the device. The two frameworks' steps are timed interleaved in one
-process; peak memory (resident set on CPU, allocated on an accelerator) is measured for each in a
-fresh process of its own.
+process. The ratios (``dense_ratio``, ``packed_useful_ratio``: ringworld ÷ transformers, useful
+tokens/s) are medians over steps of the paired step-time ratio, which a shared machine's changes of
+speed do not skew; the tokens/s columns are plain totals. Peak memory (resident set on CPU,
+allocated on an accelerator) is measured for each framework in a fresh process of its own.
 """
 
 from __future__ import annotations
@@ -25,6 +27,7 @@ import argparse
 import json
 import multiprocessing as mp
 import resource
+import statistics
 import sys
 import tempfile
 import time
@@ -145,7 +148,7 @@ def measure_speed(args: argparse.Namespace) -> list[dict]:
     for i in range(args.warmup):
         for run in runners.values():
             run(i)
-    seconds, processed = dict.fromkeys(runners, 0.0), dict.fromkeys(runners, 0)
+    seconds, processed = {name: [] for name in runners}, dict.fromkeys(runners, 0)
     for i in range(args.warmup, args.warmup + args.steps):
         order = list(runners) if i % 2 else list(reversed(runners))
         for name in order:
@@ -153,23 +156,24 @@ def measure_speed(args: argparse.Namespace) -> list[dict]:
             start = time.perf_counter()
             processed[name] += runners[name](i)
             synchronize(device)
-            seconds[name] += time.perf_counter() - start
+            seconds[name].append(time.perf_counter() - start)
     timed = batches[args.warmup :]
     useful = sum(len(d) for docs in timed for d in docs)
     flops = sum(useful_flops(cfg, docs) for docs in timed)
     peak = measured_peak_flops(device, torch.bfloat16 if args.dtype == "bf16" else torch.float32)
-    return [
-        {
-            "case": args.case,
-            "framework": name,
-            "tokens_per_s": processed[name] / seconds[name],
-            "useful_tokens_per_s": useful / seconds[name],
-            "pad_fraction": 1 - useful / processed[name],
-            "mfu": flops / seconds[name] / peak,
-            "seconds_per_step": seconds[name] / args.steps,
-        }
-        for name in runners
-    ]
+    rows = []
+    for name, times in seconds.items():
+        total = sum(times)
+        row = {"case": args.case, "framework": name, "tokens_per_s": processed[name] / total}
+        row |= {"useful_tokens_per_s": useful / total, "pad_fraction": 1 - useful / processed[name]}
+        row |= {"mfu": flops / total / peak, "step_seconds": times}
+        if name != "ringworld" and "ringworld" in seconds:
+            # both ran the same documents at step i, so the ratio of step times is the ratio of useful
+            # tokens/s; its median over steps ignores the moments a shared machine slows down
+            ratios = [theirs / ours for ours, theirs in zip(seconds["ringworld"], times, strict=True)]
+            row["ringworld_speedup_median"] = statistics.median(ratios)
+        rows.append(row)
+    return rows
 
 
 def measure_memory(args: argparse.Namespace) -> float:
@@ -179,8 +183,19 @@ def measure_memory(args: argparse.Namespace) -> float:
     for i in range(args.warmup + 1):
         run(i)
     if device.type == "cpu":
-        return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB -> MiB (Linux)
+        return peak_rss_mib()
     return torch.accelerator.max_memory_allocated(device) / 2**20
+
+
+def peak_rss_mib() -> float:
+    """This process's peak resident memory. Linux's VmHWM starts afresh at exec; ru_maxrss does not
+    (a spawned child would inherit its parent's peak), so it is only the fallback elsewhere."""
+    status = Path("/proc/self/status")
+    if status.exists():
+        for line in status.read_text().splitlines():
+            if line.startswith("VmHWM:"):
+                return int(line.split()[1]) / 1024  # kB -> MiB
+    return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20  # bytes on macOS
 
 
 def _worker(args: argparse.Namespace, queue: mp.Queue) -> None:
@@ -204,6 +219,7 @@ def main() -> None:
     parser.add_argument("--rows", type=int, default=4, help="rows per step (ringworld); the mixture's docs fill them")
     parser.add_argument("--steps", type=int, default=4, help="timed steps per measurement")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps first")
+    parser.add_argument("--cases", default="dense,mixture", help="which cases to run, comma-separated")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
     parser.add_argument("--tokenizer", type=Path, help="tokenizer directory (default: a fresh untrained one)")
@@ -215,7 +231,7 @@ def main() -> None:
             args.tokenizer = Path(tmp) / "tokenizer"
             build_tokenizer(args.tokenizer)
         rows = []
-        for case in ("dense", "mixture"):
+        for case in args.cases.split(","):
             both = argparse.Namespace(**{**vars(args), "case": case, "frameworks": FRAMEWORKS})
             speed = measure_speed(both)
             for row in speed:
@@ -224,12 +240,8 @@ def main() -> None:
             rows += speed
             print(f"measured {case}", file=sys.stderr, flush=True)
 
-    by = {(r["case"], r["framework"]): r for r in rows}
-    ratios = {
-        "dense_ratio": by["dense", "ringworld"]["tokens_per_s"] / by["dense", "transformers"]["tokens_per_s"],
-        "packed_useful_ratio": by["mixture", "ringworld"]["useful_tokens_per_s"]
-        / by["mixture", "transformers"]["useful_tokens_per_s"],
-    }
+    names = {"dense": "dense_ratio", "mixture": "packed_useful_ratio"}
+    ratios = {names[r["case"]]: r["ringworld_speedup_median"] for r in rows if "ringworld_speedup_median" in r}
     threads = torch.get_num_threads()
     print(
         f"\n{args.preset} preset, {args.rows} rows x {args.seq_len} tokens, {args.device} {args.dtype}, "
@@ -242,7 +254,7 @@ def main() -> None:
             f"| {r['case']} | {r['framework']} | {r['tokens_per_s']:,.0f} | {r['useful_tokens_per_s']:,.0f} | "
             f"{r['pad_fraction']:.0%} | {r['mfu']:.1%} | {r['peak_memory_mib']:,.0f} |"
         )
-    print(f"\ndense_ratio {ratios['dense_ratio']:.2f}  packed_useful_ratio {ratios['packed_useful_ratio']:.2f}")
+    print("\n" + "  ".join(f"{name} {value:.2f}" for name, value in ratios.items()))
     if args.json:
         config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
         args.json.write_text(json.dumps({"config": config, "results": rows, **ratios}, indent=2) + "\n")

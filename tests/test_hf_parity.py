@@ -7,7 +7,7 @@ import torch.nn.functional as F
 
 pytest.importorskip("transformers", reason="HF transformers is the independent reference (pip install transformers)")
 
-from ringworld.model.hf import from_hf, hf_config, model_config, to_hf  # noqa: E402
+from ringworld.model.hf import from_hf, hf_config, model_config, to_hf, weight_names  # noqa: E402
 from ringworld.model.transformer import ModelConfig, Transformer  # noqa: E402
 
 TOL = 1e-5
@@ -79,23 +79,13 @@ def test_gradients_match(qk_norm: bool, tie: bool) -> None:
     ids, targets = torch.randint(0, 300, (2, 16), generator=gen), torch.randint(0, 300, (2, 16), generator=gen)
     F.cross_entropy(model(ids).flatten(0, 1), targets.flatten()).backward()
     F.cross_entropy(hf(ids).logits.flatten(0, 1), targets.flatten()).backward()
-    layer, hf_layer = model.layers[1], hf.model.layers[1]
-    attn = hf_layer.self_attn
-    pairs = {
-        "embed": (model.embed.weight, [hf.model.embed_tokens.weight]),
-        "head": (model.head.weight, [hf.lm_head.weight]),
-        "wqkv": (layer.attn.wqkv.weight, [attn.q_proj.weight, attn.k_proj.weight, attn.v_proj.weight]),
-        "wo": (layer.attn.wo.weight, [attn.o_proj.weight]),
-        "w_gate_up": (layer.mlp.w_gate_up.weight, [hf_layer.mlp.gate_proj.weight, hf_layer.mlp.up_proj.weight]),
-        "w_down": (layer.mlp.w_down.weight, [hf_layer.mlp.down_proj.weight]),
-        "attn_norm": (layer.attn_norm.weight, [hf_layer.input_layernorm.weight]),
-    }
-    if qk_norm:
-        pairs["q_norm"] = (layer.attn.q_norm.weight, [attn.q_norm.weight])
-    for name, (ours, theirs) in pairs.items():
-        expected = torch.cat([p.grad for p in theirs])
-        assert ours.grad.abs().max() > 0, name
-        assert max_diff(ours.grad, expected) < TOL, name
+    theirs = dict(hf.named_parameters())
+    if tie:
+        theirs["lm_head.weight"] = hf.lm_head.weight
+    for ours, hf_name in weight_names(model.cfg).items():
+        grad = model.get_parameter(ours).grad
+        assert grad.abs().max() > 0, ours
+        assert max_diff(grad, theirs[hf_name].grad) < TOL, ours
 
 
 @ARCHS

@@ -5,15 +5,20 @@ import sys
 from dataclasses import replace
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from safetensors.torch import load_file
 
 from ringworld.cli import main
+from ringworld.data.shards import ShardWriter
+from ringworld.model.transformer import ModelConfig, Transformer
+from ringworld.tokens.bundle import load_codec
 from ringworld.train import checkpoint as checkpoint_module
 from ringworld.train.checkpoint import latest_checkpoint, load_model
 from ringworld.train.config import TrainConfig
 from ringworld.train.loop import lr_at, train
+from ringworld.world.tasks import sample_task
 
 SMALL = dict(depth=1, seq_len=256, video_frames=2, batch_size=4, steps=6, warmup=2, log_every=1, tensorboard=False)
 
@@ -124,3 +129,47 @@ def test_fsdp_two_processes_equal_one_and_resume_at_another_world_size(world_tok
     train(replace(cfg, out=str(tmp_path / "dp1")), stop_at=2, progress=False)
     torchrun(2, ["--out", str(tmp_path / "dp1"), "--resume"])  # 1 -> 2 processes
     torch.testing.assert_close(logged_losses(tmp_path / "dp1"), single, atol=1e-5, rtol=0)
+
+
+def test_training_on_ingested_shards_resumes_with_the_sampler_state(world_tokenizer_dir, tmp_path):
+    codec = load_codec(world_tokenizer_dir)
+    rng = np.random.default_rng(0)
+    with ShardWriter(tmp_path / "shards", codec.vocab) as writer:
+        for i in range(12):
+            writer.add(codec.encode(sample_task("image_to_text", rng).document), f"doc{i}")
+    cfg = TrainConfig(
+        out=str(tmp_path / "once"), tokenizer=str(world_tokenizer_dir), data=str(tmp_path / "shards"), **SMALL
+    )
+    once = train(cfg, progress=False)
+    split = replace(cfg, out=str(tmp_path / "split"))
+    train(split, stop_at=2, progress=False)
+    state = json.loads((latest_checkpoint(tmp_path / "split") / "trainer_state.json").read_text())
+    assert state["data"]["kind"] == "shards" and state["data"]["cursor"] > 0
+    resumed = train(split, resume=True, progress=False)
+    assert losses(resumed.history) == losses(once.history)[2:]
+
+
+def test_activation_checkpointing_gives_the_same_gradients():
+    torch.manual_seed(0)
+    model = Transformer(ModelConfig(vocab_size=50, dim=32, n_layers=2, n_heads=2, n_kv_heads=1, ffn_dim=64))
+    ids = torch.randint(0, 50, (2, 12))
+    seg = torch.tensor([[0] * 5 + [1] * 7, [0] * 12])
+
+    def grads():
+        model.zero_grad()
+        model(ids, segment_ids=seg).logsumexp(-1).sum().backward()
+        return [p.grad.clone() for p in model.parameters()]
+
+    plain = grads()
+    model.activation_checkpointing = True
+    for a, b in zip(plain, grads(), strict=True):
+        torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+
+
+@pytest.mark.slow
+def test_compiled_blocks_train_like_eager(world_tokenizer_dir, tmp_path):
+    """--compile (each block through torch.compile; ~20 s to compile on 2 cores) changes speed, not losses."""
+    cfg = TrainConfig(out=str(tmp_path / "eager"), tokenizer=str(world_tokenizer_dir), **{**SMALL, "steps": 2})
+    eager = losses(train(cfg, progress=False).history)
+    compiled = losses(train(replace(cfg, out=str(tmp_path / "compiled"), compile=True), progress=False).history)
+    torch.testing.assert_close(compiled, eager, atol=1e-4, rtol=0)

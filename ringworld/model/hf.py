@@ -6,8 +6,7 @@ checkpoints in HF format: ``to_hf(model).save_pretrained(path)``,
 ``from_hf(AutoModelForCausalLM.from_pretrained(path))``.
 
 Without QK-norm the decoder is exactly ``LlamaForCausalLM``; with it, exactly ``Qwen3ForCausalLM``
-(RMSNorm over each head's q and k, before RoPE). The only difference is in layout: ringworld fuses
-q/k/v into ``wqkv`` and gate/up into ``w_gate_up``, HF keeps them apart.
+(RMSNorm over each head's q and k, before RoPE). Only the weight names differ.
 
 transformers is an optional dependency, imported only when these functions are called.
 
@@ -123,52 +122,37 @@ def from_hf(hf_model: PreTrainedModel) -> Transformer:
 
 
 # weight names ---------------------------------------------------------------------------------
-def _to_hf_state_dict(sd: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
-    q, kv = cfg.n_heads * cfg.head_dim, cfg.n_kv_heads * cfg.head_dim
-    out = {
-        "model.embed_tokens.weight": sd["embed.weight"],
-        "model.norm.weight": sd["norm.weight"],
-        "lm_head.weight": sd["head.weight"],  # the same tensor as the embedding when tied, in both models
-    }
+LAYER_NAMES = {  # ringworld block weight -> HF decoder layer weight
+    "attn_norm.weight": "input_layernorm.weight",
+    "attn.wq.weight": "self_attn.q_proj.weight",
+    "attn.wk.weight": "self_attn.k_proj.weight",
+    "attn.wv.weight": "self_attn.v_proj.weight",
+    "attn.wo.weight": "self_attn.o_proj.weight",
+    "mlp_norm.weight": "post_attention_layernorm.weight",
+    "mlp.w_gate.weight": "mlp.gate_proj.weight",
+    "mlp.w_up.weight": "mlp.up_proj.weight",
+    "mlp.w_down.weight": "mlp.down_proj.weight",
+}
+QK_NORM_NAMES = {"attn.q_norm.weight": "self_attn.q_norm.weight", "attn.k_norm.weight": "self_attn.k_norm.weight"}
+TOP_NAMES = {
+    "embed.weight": "model.embed_tokens.weight",
+    "norm.weight": "model.norm.weight",
+    "head.weight": "lm_head.weight",
+}
+
+
+def weight_names(cfg: ModelConfig) -> dict[str, str]:
+    """Every ringworld weight name and its HF name (the head is the embedding when tied, in both)."""
+    names = dict(TOP_NAMES)
+    layer = LAYER_NAMES | (QK_NORM_NAMES if cfg.qk_norm else {})
     for i in range(cfg.n_layers):
-        rw, hf = f"layers.{i}.", f"model.layers.{i}."
-        wq, wk, wv = sd[rw + "attn.wqkv.weight"].split([q, kv, kv])  # (q + 2 kv, dim) -> (q, dim), (kv, dim) x2
-        gate, up = sd[rw + "mlp.w_gate_up.weight"].chunk(2)  # (2 ffn, dim) -> (ffn, dim) x2
-        out |= {
-            hf + "input_layernorm.weight": sd[rw + "attn_norm.weight"],
-            hf + "self_attn.q_proj.weight": wq,
-            hf + "self_attn.k_proj.weight": wk,
-            hf + "self_attn.v_proj.weight": wv,
-            hf + "self_attn.o_proj.weight": sd[rw + "attn.wo.weight"],
-            hf + "post_attention_layernorm.weight": sd[rw + "mlp_norm.weight"],
-            hf + "mlp.gate_proj.weight": gate,
-            hf + "mlp.up_proj.weight": up,
-            hf + "mlp.down_proj.weight": sd[rw + "mlp.w_down.weight"],
-        }
-        if cfg.qk_norm:
-            out[hf + "self_attn.q_norm.weight"] = sd[rw + "attn.q_norm.weight"]
-            out[hf + "self_attn.k_norm.weight"] = sd[rw + "attn.k_norm.weight"]
-    return out
+        names |= {f"layers.{i}.{ours}": f"model.layers.{i}.{theirs}" for ours, theirs in layer.items()}
+    return names
+
+
+def _to_hf_state_dict(sd: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
+    return {theirs: sd[ours] for ours, theirs in weight_names(cfg).items()}
 
 
 def _from_hf_state_dict(sd: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
-    out = {
-        "embed.weight": sd["model.embed_tokens.weight"],
-        "norm.weight": sd["model.norm.weight"],
-        "head.weight": sd["lm_head.weight"],
-    }
-    for i in range(cfg.n_layers):
-        rw, hf = f"layers.{i}.", f"model.layers.{i}."
-        qkv = [sd[hf + f"self_attn.{p}_proj.weight"] for p in "qkv"]
-        out |= {
-            rw + "attn_norm.weight": sd[hf + "input_layernorm.weight"],
-            rw + "attn.wqkv.weight": torch.cat(qkv),  # (q + 2 kv, dim)
-            rw + "attn.wo.weight": sd[hf + "self_attn.o_proj.weight"],
-            rw + "mlp_norm.weight": sd[hf + "post_attention_layernorm.weight"],
-            rw + "mlp.w_gate_up.weight": torch.cat([sd[hf + "mlp.gate_proj.weight"], sd[hf + "mlp.up_proj.weight"]]),
-            rw + "mlp.w_down.weight": sd[hf + "mlp.down_proj.weight"],
-        }
-        if cfg.qk_norm:
-            out[rw + "attn.q_norm.weight"] = sd[hf + "self_attn.q_norm.weight"]
-            out[rw + "attn.k_norm.weight"] = sd[hf + "self_attn.k_norm.weight"]
-    return out
+    return {ours: sd[theirs] for ours, theirs in weight_names(cfg).items()}
