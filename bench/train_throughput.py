@@ -3,6 +3,7 @@ same weights, same optimizer, in one run.
 
     python bench/train_throughput.py                      # tiny preset, 4 rows x 1024 tokens, CPU fp32
     python bench/train_throughput.py --json results.json  # also write the figures
+    python bench/train_throughput.py --compile             # also ringworld with compiled blocks
     python bench/train_throughput.py --device cuda --dtype bf16 --preset small
 
 Two cases, each timed over the same batches for both:
@@ -107,19 +108,23 @@ def make_runners(args: argparse.Namespace) -> tuple[dict, ModelConfig, list[list
     model = Transformer(cfg)
     runners = {}
 
-    if "ringworld" in args.frameworks:
+    packed = [pack(docs, args.seq_len, pad_id) for docs in batches]
+    for name in ("ringworld", "ringworld --compile"):
+        if name not in args.frameworks:
+            continue
         ours = Transformer(cfg)
         ours.load_state_dict(model.state_dict())
         ours = ours.to(device).train()
+        if name.endswith("--compile"):
+            for layer in ours.layers:
+                layer.compile()
         optimizer = make_optimizer(ours, train_cfg, device)
-        single = Distributed(device=device)
-        packed = [pack(docs, args.seq_len, pad_id) for docs in batches]
 
-        def ringworld_step(i: int) -> int:
-            train_step(ours, optimizer, packed[i], train_cfg, LossWeights(), single, autocast)
+        def ringworld_step(i: int, model=ours, optimizer=optimizer) -> int:
+            train_step(model, optimizer, packed[i], train_cfg, LossWeights(), Distributed(device=device), autocast)
             return packed[i].ids.numel()
 
-        runners["ringworld"] = ringworld_step
+        runners[name] = ringworld_step
 
     if "transformers" in args.frameworks:
         hf = to_hf(model).to(device).train()
@@ -167,11 +172,11 @@ def measure_speed(args: argparse.Namespace) -> list[dict]:
         row = {"case": args.case, "framework": name, "tokens_per_s": processed[name] / total}
         row |= {"useful_tokens_per_s": useful / total, "pad_fraction": 1 - useful / processed[name]}
         row |= {"mfu": flops / total / peak, "step_seconds": times}
-        if name != "ringworld" and "ringworld" in seconds:
+        if name != "transformers" and "transformers" in seconds:
             # both ran the same documents at step i, so the ratio of step times is the ratio of useful
             # tokens/s; its median over steps ignores the moments a shared machine slows down
-            ratios = [theirs / ours for ours, theirs in zip(seconds["ringworld"], times, strict=True)]
-            row["ringworld_speedup_median"] = statistics.median(ratios)
+            ratios = [theirs / ours for ours, theirs in zip(times, seconds["transformers"], strict=True)]
+            row["vs_transformers"] = statistics.median(ratios)
         rows.append(row)
     return rows
 
@@ -220,6 +225,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4, help="timed steps per measurement")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps first")
     parser.add_argument("--cases", default="dense,mixture", help="which cases to run, comma-separated")
+    parser.add_argument("--compile", action="store_true", help="also time ringworld with torch.compile'd blocks")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
     parser.add_argument("--tokenizer", type=Path, help="tokenizer directory (default: a fresh untrained one)")
@@ -232,7 +238,8 @@ def main() -> None:
             build_tokenizer(args.tokenizer)
         rows = []
         for case in args.cases.split(","):
-            both = argparse.Namespace(**{**vars(args), "case": case, "frameworks": FRAMEWORKS})
+            frameworks = FRAMEWORKS + ("ringworld --compile",) if args.compile else FRAMEWORKS
+            both = argparse.Namespace(**{**vars(args), "case": case, "frameworks": frameworks})
             speed = measure_speed(both)
             for row in speed:
                 one = argparse.Namespace(**{**vars(both), "frameworks": [row["framework"]]})
@@ -241,18 +248,22 @@ def main() -> None:
             print(f"measured {case}", file=sys.stderr, flush=True)
 
     names = {"dense": "dense_ratio", "mixture": "packed_useful_ratio"}
-    ratios = {names[r["case"]]: r["ringworld_speedup_median"] for r in rows if "ringworld_speedup_median" in r}
+    ratios = {}
+    for r in rows:
+        if "vs_transformers" in r:
+            ratios[names[r["case"]] + ("_compiled" if "compile" in r["framework"] else "")] = r["vs_transformers"]
     threads = torch.get_num_threads()
     print(
         f"\n{args.preset} preset, {args.rows} rows x {args.seq_len} tokens, {args.device} {args.dtype}, "
         f"{threads} threads, torch {torch.__version__}\n"
     )
-    print("| case | framework | tokens/s | useful tokens/s | padding | MFU | peak memory (MiB) |")
-    print("|---|---|---|---|---|---|---|")
+    print("| case | framework | tokens/s | useful tokens/s | padding | MFU | peak memory (MiB) | ÷ transformers |")
+    print("|---|---|---|---|---|---|---|---|")
     for r in rows:
+        versus = f"{r['vs_transformers']:.2f}x" if "vs_transformers" in r else "1"
         print(
             f"| {r['case']} | {r['framework']} | {r['tokens_per_s']:,.0f} | {r['useful_tokens_per_s']:,.0f} | "
-            f"{r['pad_fraction']:.0%} | {r['mfu']:.1%} | {r['peak_memory_mib']:,.0f} |"
+            f"{r['pad_fraction']:.0%} | {r['mfu']:.1%} | {r['peak_memory_mib']:,.0f} | {versus} |"
         )
     print("\n" + "  ".join(f"{name} {value:.2f}" for name, value in ratios.items()))
     if args.json:

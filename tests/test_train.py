@@ -1,5 +1,6 @@
 import json
 import os
+import signal
 import subprocess
 import sys
 from dataclasses import replace
@@ -15,6 +16,7 @@ from ringworld.data.shards import ShardWriter
 from ringworld.model.transformer import ModelConfig, Transformer
 from ringworld.tokens.bundle import load_codec
 from ringworld.train import checkpoint as checkpoint_module
+from ringworld.train import loop as loop_module
 from ringworld.train.checkpoint import latest_checkpoint, load_model
 from ringworld.train.config import TrainConfig
 from ringworld.train.loop import lr_at, train
@@ -173,3 +175,30 @@ def test_compiled_blocks_train_like_eager(world_tokenizer_dir, tmp_path):
     eager = losses(train(cfg, progress=False).history)
     compiled = losses(train(replace(cfg, out=str(tmp_path / "compiled"), compile=True), progress=False).history)
     torch.testing.assert_close(compiled, eager, atol=1e-4, rtol=0)
+
+
+def test_a_stop_signal_ends_after_the_step_with_a_checkpoint(world_tokenizer_dir, tmp_path, monkeypatch):
+    cfg = TrainConfig(out=str(tmp_path / "once"), tokenizer=str(world_tokenizer_dir), **{**SMALL, "steps": 4})
+    once = losses(train(cfg, progress=False).history)
+    real_step, calls = loop_module.train_step, []
+
+    def step_then_ctrl_c(*args, **kwargs):
+        out = real_step(*args, **kwargs)
+        calls.append(1)
+        if len(calls) == 2:
+            signal.raise_signal(signal.SIGINT)  # as if the user pressed Ctrl-C during step 2
+        return out
+
+    monkeypatch.setattr(loop_module, "train_step", step_then_ctrl_c)
+    split = replace(cfg, out=str(tmp_path / "split"))
+    stopped = train(split, progress=False)
+    assert [h["step"] for h in stopped.history] == [1, 2] and stopped.checkpoint.name == "step_0000002"
+    monkeypatch.undo()
+    assert losses(stopped.history) + losses(train(split, resume=True, progress=False).history) == once
+
+
+def test_resuming_with_another_model_shape_is_refused(world_tokenizer_dir, tmp_path):
+    cfg = TrainConfig(out=str(tmp_path / "run"), tokenizer=str(world_tokenizer_dir), **{**SMALL, "steps": 1})
+    train(cfg, progress=False)
+    with pytest.raises(ValueError, match="n_layers 1 -> 2"):
+        train(replace(cfg, depth=2, steps=2), resume=True, progress=False)

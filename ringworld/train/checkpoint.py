@@ -155,8 +155,21 @@ def load_weights(checkpoint: Path, model: Transformer) -> None:
     set_model_state_dict(model, weights, options=StateDictOptions(full_state_dict=True))
 
 
+SHAPE_KEYS = ("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "ffn_dim", "qk_norm", "tie_embeddings")
+
+
+def check_same_shape(checkpoint: Path, cfg: ModelConfig) -> None:
+    """A resumed run may change RoPE theta or context length (context growth), not the weights' shapes."""
+    saved = read_config(checkpoint)["model"]
+    changed = {k: (saved.get(k), getattr(cfg, k)) for k in SHAPE_KEYS if saved.get(k) != getattr(cfg, k)}
+    if changed:
+        detail = ", ".join(f"{k} {old} -> {new}" for k, (old, new) in changed.items())
+        raise ValueError(f"{checkpoint} holds a model of another shape ({detail}); resume with its settings")
+
+
 def load_training_state(checkpoint: Path, model: Transformer, optimizer: torch.optim.Optimizer, d: Distributed) -> dict:
     """Restore weights, optimizer and (same world size) RNG; return the trainer state."""
+    check_same_shape(checkpoint, model.cfg)
     load_weights(checkpoint, model)
     _materialize_optimizer_state(optimizer)
     optim = get_optimizer_state_dict(model, optimizer)

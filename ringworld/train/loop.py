@@ -11,6 +11,8 @@ from __future__ import annotations
 import json
 import math
 import shutil
+import signal
+import threading
 import time
 from contextlib import nullcontext
 from dataclasses import dataclass
@@ -27,7 +29,7 @@ from ringworld.model.transformer import Transformer
 from ringworld.parallel.mesh import Distributed, apply_fsdp, init_distributed
 from ringworld.perf import measured_peak_flops
 from ringworld.tokens.bundle import load_codec
-from ringworld.train.checkpoint import latest_checkpoint, load_training_state, save_checkpoint
+from ringworld.train.checkpoint import checkpoint_name, latest_checkpoint, load_training_state, save_checkpoint
 from ringworld.train.config import TrainConfig
 from ringworld.train.loss import LossWeights, balanced_loss, modality_counts, modality_sums, per_modality_means
 from ringworld.world.tasks import TaskConfig
@@ -177,45 +179,70 @@ def train(
     model.train()
     step = start
     window_tokens, window_start = 0, time.perf_counter()
-    try:
+    with _StopRequest() as stop, bar, logger:
         while step < end and not (cfg.max_seconds > 0 and elapsed >= cfg.max_seconds):
+            if stop.requested_anywhere(d):
+                bar.write(f"stopping at step {step} as asked; saving a checkpoint (continue with --resume)")
+                break
             t0 = time.perf_counter()
             lr = lr_at(cfg, step, elapsed)
             for group in optimizer.param_groups:
                 group["lr"] = lr
             batch = source.next_batch(rows)
             sums, counts, grad_norm = train_step(model, optimizer, batch, cfg, weights, d, autocast)
-            loss = float(balanced_loss(sums, counts, weights))
             step += 1
             elapsed += time.perf_counter() - t0
             tokens = batch.ids.numel() * d.world_size
             tokens_seen += tokens
             window_tokens += tokens
-            record = {"step": step, "loss": loss, **_named(per_modality_means(sums, counts)), "lr": lr}
-            record["grad_norm"] = grad_norm
+            record = {"step": step, "loss": float(balanced_loss(sums, counts, weights))}
+            record |= {f"{name}_loss": value for name, value in per_modality_means(sums, counts).items()}
+            record |= {"lr": lr, "grad_norm": grad_norm}
             history.append(record)
             bar.update(1)
-            if step % cfg.log_every == 0 or step == end:
-                seconds = time.perf_counter() - window_start
-                record["tokens_per_s"] = window_tokens / seconds
+            last = step == end or (cfg.max_seconds > 0 and elapsed >= cfg.max_seconds)
+            if step % cfg.log_every == 0 or last:
+                record["tokens_per_s"] = window_tokens / (time.perf_counter() - window_start)
                 record["mfu"] = record["tokens_per_s"] * flops_per_token / peak
                 logger.log(record, bar)
-                window_tokens, window_start = 0, time.perf_counter()
-            if step % cfg.save_every == 0 and step < end:
+            if step % cfg.save_every == 0 and not last:
                 checkpoint = save(step)
-    except KeyboardInterrupt:
-        if d.is_main:
-            print(f"\ninterrupted at step {step}; saving a checkpoint (continue with --resume)")
-    finally:
-        bar.close()
-        logger.close()
-    if step > start and (checkpoint is None or not checkpoint.name.endswith(f"{step:07d}")):
+            if step % cfg.log_every == 0:
+                window_tokens, window_start = 0, time.perf_counter()
+    if step > start and (checkpoint is None or checkpoint.name != checkpoint_name(step)):
         checkpoint = save(step)
     return TrainResult(run, checkpoint, history, d.is_main)
 
 
-def _named(means: dict[str, float]) -> dict[str, float]:
-    return {f"{name}_loss": value for name, value in means.items()}
+class _StopRequest:
+    """The first SIGINT (Ctrl-C) or SIGTERM (a scheduler's preemption) asks training to stop after the
+    step in flight, with a checkpoint; a second SIGINT stops at once (the last checkpoint stands)."""
+
+    SIGNALS = (signal.SIGINT, signal.SIGTERM)
+
+    def __init__(self) -> None:
+        self.requested = False
+        self.previous: dict[int, object] = {}
+
+    def _handle(self, signum: int, frame: object) -> None:
+        if self.requested and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.requested = True
+
+    def requested_anywhere(self, d: Distributed) -> bool:
+        """Whether any rank was asked (all ranks must stop at the same step)."""
+        if d.mesh is None:
+            return self.requested
+        return bool(d.all_reduce_sum(torch.tensor([float(self.requested)], device=d.device)).item() > 0)
+
+    def __enter__(self) -> _StopRequest:
+        if threading.current_thread() is threading.main_thread():  # signals reach only the main thread
+            self.previous = {s: signal.signal(s, self._handle) for s in self.SIGNALS}
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        for s, handler in self.previous.items():
+            signal.signal(s, handler)
 
 
 def train_step(
@@ -296,7 +323,10 @@ class _Logger:
                 if math.isfinite(record[key]):
                     self.writer.add_scalar(tag, record[key], record["step"])
 
-    def close(self) -> None:
+    def __enter__(self) -> _Logger:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
         if self.active:
             self.file.close()
             if self.writer is not None:
