@@ -35,25 +35,30 @@ def _transformers() -> ModuleType:
     return transformers
 
 
+CONFIG_NAMES = {  # ringworld ModelConfig field -> HF config field, the same value on both sides
+    "vocab_size": "vocab_size",
+    "dim": "hidden_size",
+    "ffn_dim": "intermediate_size",
+    "n_layers": "num_hidden_layers",
+    "n_heads": "num_attention_heads",
+    "n_kv_heads": "num_key_value_heads",
+    "max_seq_len": "max_position_embeddings",
+    "norm_eps": "rms_norm_eps",
+    "tie_embeddings": "tie_word_embeddings",
+    "init_std": "initializer_range",
+}
+
+
 def hf_config(cfg: ModelConfig) -> PreTrainedConfig:
     """The HF config of the same architecture: a ``LlamaConfig``, or a ``Qwen3Config`` when ``cfg.qk_norm``."""
     transformers = _transformers()
-    shape = dict(
-        vocab_size=cfg.vocab_size,
-        hidden_size=cfg.dim,
-        intermediate_size=cfg.ffn_dim,
-        num_hidden_layers=cfg.n_layers,
-        num_attention_heads=cfg.n_heads,
-        num_key_value_heads=cfg.n_kv_heads,
+    shape = {theirs: getattr(cfg, ours) for ours, theirs in CONFIG_NAMES.items()}
+    shape |= dict(
         head_dim=cfg.head_dim,
         hidden_act="silu",
-        max_position_embeddings=cfg.max_seq_len,
-        rms_norm_eps=cfg.norm_eps,
         # transformers 5 reads theta from rope_parameters (a bare rope_theta= is a legacy alias)
         rope_parameters={"rope_type": "default", "rope_theta": float(cfg.rope_theta)},
         attention_bias=False,
-        tie_word_embeddings=cfg.tie_embeddings,
-        initializer_range=cfg.init_std,
         # ringworld's special tokens live in its own vocabulary, not in Llama's defaults (bos 1, eos 2)
         bos_token_id=None,
         eos_token_id=None,
@@ -85,20 +90,8 @@ def model_config(hf_cfg: PreTrainedConfig) -> ModelConfig:
         )
     if problems:
         raise ValueError(f"HF {hf_cfg.model_type} config has no ringworld equivalent: " + "; ".join(problems))
-    return ModelConfig(
-        vocab_size=hf_cfg.vocab_size,
-        dim=hf_cfg.hidden_size,
-        n_layers=hf_cfg.num_hidden_layers,
-        n_heads=hf_cfg.num_attention_heads,
-        n_kv_heads=hf_cfg.num_key_value_heads,
-        ffn_dim=hf_cfg.intermediate_size,
-        rope_theta=rope["rope_theta"],
-        max_seq_len=hf_cfg.max_position_embeddings,
-        norm_eps=hf_cfg.rms_norm_eps,
-        qk_norm=hf_cfg.model_type == "qwen3",
-        tie_embeddings=hf_cfg.tie_word_embeddings,
-        init_std=hf_cfg.initializer_range,
-    )
+    shape = {ours: getattr(hf_cfg, theirs) for ours, theirs in CONFIG_NAMES.items()}
+    return ModelConfig(**shape, rope_theta=rope["rope_theta"], qk_norm=hf_cfg.model_type == "qwen3")
 
 
 def to_hf(model: Transformer) -> PreTrainedModel:
