@@ -128,7 +128,7 @@ def make_runners(args: argparse.Namespace) -> tuple[dict, ModelConfig, list[list
 
     if "transformers" in args.frameworks:
         hf = to_hf(model).to(device).train()
-        hf_optimizer = torch.optim.AdamW(hf.parameters(), lr=1e-4, betas=(0.9, 0.95), weight_decay=0.1)
+        hf_optimizer = make_optimizer(hf, train_cfg, device)  # the same AdamW: fused, no decay on norms
         padded = [padded_batch(docs, pad_id) for docs in batches]
 
         def transformers_step(i: int) -> int:

@@ -220,8 +220,7 @@ RUN_OPTIONS = {"command", "run", "out", "resume", "stop_at", "device"}
 
 
 def _train(args: argparse.Namespace) -> None:
-    import json
-
+    from ringworld.train.checkpoint import latest_checkpoint, read_config
     from ringworld.train.config import TrainConfig
     from ringworld.train.loop import train
 
@@ -231,8 +230,9 @@ def _train(args: argparse.Namespace) -> None:
         if key in given:
             given[key] = str(given[key])
     base: dict = {}
-    if args.resume and (args.out / "config.json").is_file():
-        base = json.loads((args.out / "config.json").read_text())["train"]
+    latest = latest_checkpoint(args.out) if args.resume else None
+    if latest is not None:  # the settings the checkpoint was trained with
+        base = read_config(latest)["train"]
         changed = {k: v for k, v in given.items() if base.get(k) != v}
         if changed:
             print(f"resuming with changed settings: {changed}")

@@ -50,16 +50,22 @@ class PackedBatch:
         return PackedBatch(**{f.name: torch.cat([getattr(b, f.name) for b in batches]) for f in fields(PackedBatch)})
 
 
-def split_long(doc: Encoded, seq_len: int) -> list[Encoded]:
-    """Pieces of at most ``seq_len`` tokens; consecutive pieces share one token (the last input of a
-    piece is the first of the next), so each target of the document is predicted in exactly one."""
-    if len(doc) <= seq_len:
-        return [doc]
+def piece_starts(length: int, seq_len: int) -> range:
+    """Where the pieces of a ``length``-token document start when it is cut to fit rows of ``seq_len``:
+    consecutive pieces share one token (the last input of a piece is the first of the next), so each
+    target of the document is predicted in exactly one piece."""
+    if length <= seq_len:
+        return range(1)
     if seq_len < 2:
         raise ValueError(f"seq_len {seq_len} is too short to split a document; use at least 2")
-    starts = range(0, len(doc) - 1, seq_len - 1)
+    return range(0, length - 1, seq_len - 1)
+
+
+def split_long(doc: Encoded, seq_len: int) -> list[Encoded]:
+    """The document cut into pieces of at most ``seq_len`` tokens (see ``piece_starts``)."""
     return [
-        Encoded(doc.ids[s : s + seq_len], doc.loss_mask[s : s + seq_len], doc.modality[s : s + seq_len]) for s in starts
+        Encoded(doc.ids[s : s + seq_len], doc.loss_mask[s : s + seq_len], doc.modality[s : s + seq_len])
+        for s in piece_starts(len(doc), seq_len)
     ]
 
 

@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from ringworld.data.packing import PackedBatch, RowPacker, rows_to_batch
+from ringworld.data.packing import PackedBatch, RowPacker, piece_starts, rows_to_batch
 from ringworld.data.shards import ShardDataset
 from ringworld.tokens.codec import Codec, Encoded
 from ringworld.tokens.vocab import Vocab
@@ -60,6 +60,9 @@ class WorldSource:
 
     def row_documents(self, step: int, row: int) -> list[Encoded]:
         """The documents packed into ``row`` of ``step`` (a pure function of seed, step and row)."""
+        return self._row(step, row).docs
+
+    def _row(self, step: int, row: int) -> RowPacker:
         rng = np.random.default_rng([self.seed, step, row])
         packer = RowPacker(self.seq_len, self.codec.vocab.special("<|pad|>"))
         misses = 0
@@ -74,16 +77,10 @@ class WorldSource:
                     f"raise --seq-len or use fewer video frames"
                 )
             misses += not packer.add(doc)
-        return packer.docs
+        return packer
 
     def batch(self, step: int, rows: slice = slice(None)) -> PackedBatch:
-        packers = []
-        for r in range(self.num_rows)[rows]:
-            packer = RowPacker(self.seq_len, self.codec.vocab.special("<|pad|>"))
-            for doc in self.row_documents(step, r):
-                packer.add(doc)
-            packers.append(packer)
-        return rows_to_batch(packers)
+        return rows_to_batch([self._row(step, r) for r in range(self.num_rows)[rows]])
 
     def next_batch(self, rows: slice = slice(None)) -> PackedBatch:
         batch = self.batch(self.step, rows)
@@ -105,13 +102,25 @@ class ShardSource:
     ``lookahead`` pieces, the pieces left over carried to the next batch (and in the state).
     """
 
-    def __init__(self, dataset: ShardDataset, *, seq_len: int, rows: int, seed: int = 0, lookahead: int = 64) -> None:
+    def __init__(
+        self,
+        dataset: ShardDataset,
+        *,
+        seq_len: int,
+        rows: int,
+        seed: int = 0,
+        caption_dropout: float = 0.1,
+        lookahead: int = 64,
+    ) -> None:
         if len(dataset) == 0:
             raise ValueError(f"{dataset.directory} holds no documents; ingest some with `ringworld data ingest`")
+        if not 0 <= caption_dropout < 1:
+            raise ValueError(f"caption dropout is a probability in [0, 1), got {caption_dropout}")
         self.dataset, self.seq_len, self.num_rows, self.seed, self.lookahead = dataset, seq_len, rows, seed, lookahead
+        self.caption_dropout = caption_dropout
         self.pad_id = dataset.vocab.special("<|pad|>")
         self.epoch, self.cursor = 0, 0
-        self.carry: list[tuple[int, int, int]] = []  # (document, start, length) pieces read ahead, not yet packed
+        self.carry: list[tuple[int, int, int, int]] = []  # (epoch, document, start, length) read ahead, not packed
         self._cached_order: tuple[int, np.ndarray] = (-1, np.empty(0, np.int64))
 
     def _order(self, epoch: int) -> np.ndarray:
@@ -119,7 +128,7 @@ class ShardSource:
             self._cached_order = (epoch, np.random.default_rng([self.seed, epoch]).permutation(len(self.dataset)))
         return self._cached_order[1]
 
-    def _fill(self, window: list[tuple[int, int, int]]) -> None:
+    def _fill(self, window: list[tuple[int, int, int, int]]) -> None:
         lengths = self.dataset.lengths
         while len(window) < self.lookahead:
             if self.cursor == len(self.dataset):
@@ -127,8 +136,7 @@ class ShardSource:
             doc = int(self._order(self.epoch)[self.cursor])
             self.cursor += 1
             n = int(lengths[doc])
-            starts = [0] if n <= self.seq_len else range(0, n - 1, self.seq_len - 1)
-            window.extend((doc, s, min(self.seq_len, n - s)) for s in starts)
+            window.extend((self.epoch, doc, s, min(self.seq_len, n - s)) for s in piece_starts(n, self.seq_len))
 
     def next_batch(self, rows: slice = slice(None)) -> PackedBatch:
         window = [tuple(p) for p in self.carry]
@@ -137,9 +145,9 @@ class ShardSource:
             self._fill(window)
             plan, free, i = [], self.seq_len, 0
             while i < len(window) and free > 0:
-                if window[i][2] <= free:
+                if window[i][3] <= free:
                     plan.append(window.pop(i))
-                    free -= plan[-1][2]
+                    free -= plan[-1][3]
                 else:
                     i += 1
             plans.append(plan)
@@ -147,10 +155,14 @@ class ShardSource:
         packers = []
         for plan in plans[rows]:
             packer = RowPacker(self.seq_len, self.pad_id)
-            for doc, start, n in plan:
+            for epoch, doc, start, n in plan:
                 ids, loss = self.dataset[doc]
+                whole = n == len(ids)
                 ids, loss = ids[start : start + n], loss[start : start + n]
-                packer.add(Encoded(ids, loss, self.dataset.vocab.modality(ids)))
+                piece = Encoded(ids, loss, self.dataset.vocab.modality(ids))
+                if whole and np.random.default_rng([self.seed, epoch, doc]).random() < self.caption_dropout:
+                    piece = drop_caption(piece, self.dataset.vocab)  # whole documents only
+                packer.add(piece)
             packers.append(packer)
         return rows_to_batch(packers)
 

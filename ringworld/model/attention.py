@@ -29,6 +29,7 @@ DOCUMENTS_MIN_LEN_CPU = 512  # below this the boolean mask was as fast or faster
 BUCKET = 64  # documents are gathered into rows padded to a multiple of this many tokens
 
 _compiled_flex = None
+_compiled_block_mask = None
 
 
 def _flex(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask: BlockMask) -> torch.Tensor:
@@ -36,6 +37,16 @@ def _flex(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, block_mask: BlockMa
     if _compiled_flex is None:  # eager flex materialises the whole score matrix: always compile it
         _compiled_flex = torch.compile(flex_attention, dynamic=False)
     return _compiled_flex(q, k, v, block_mask=block_mask, enable_gqa=q.size(1) != k.size(1))
+
+
+def _block_mask_builder(device: torch.device):
+    """``create_block_mask``, compiled on accelerators: eager, it materialises the full (B, T, T) mask."""
+    global _compiled_block_mask
+    if device.type == "cpu":
+        return create_block_mask
+    if _compiled_block_mask is None:
+        _compiled_block_mask = torch.compile(create_block_mask)
+    return _compiled_block_mask
 
 
 @dataclass
@@ -56,9 +67,10 @@ class _Gather(torch.autograd.Function):
     """``x.index_select(0, index)`` whose backward is a gather too (``inverse``, zeroed where
     ``keep`` is False) instead of index_select's accumulating scatter, which is slow on CPU.
 
-    Exact here because every input row has exactly one output row that can carry gradient: the
-    extra copies in padding slots sit after their document's end, so under a causal mask nothing
-    attends to them and their gradient is exactly zero.
+    Exact here because every token has exactly one slot that can carry gradient. The other copies
+    sit in padding slots after their document's end, and their gradient is exactly zero for two
+    reasons together: no real query attends to them (causal mask), and the padding queries that
+    do get zero output gradient, because the gather back to tokens (``keep=real``) drops them.
     """
 
     @staticmethod
@@ -113,6 +125,9 @@ def document_buckets(segment_ids: torch.Tensor) -> DocumentBuckets:
     return DocumentBuckets(slots_t, real_t, scatter, shapes)
 
 
+# Its bucket shapes change every batch: compiled, it would recompile each time, so it runs eagerly
+# between the compiled parts of a block.
+@torch.compiler.disable
 def _by_document(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, buckets: DocumentBuckets) -> torch.Tensor:
     B, H, T, hd = q.shape
     gqa = q.size(1) != k.size(1)
@@ -136,9 +151,12 @@ def _by_document(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, buckets: Doc
 
 
 def document_mask(segment_ids: torch.Tensor | None, *, kernel: str | None = None) -> DocumentMask | None:
-    """The mask for packed rows; None (plain causal attention) without segments or when every row
-    is one document. ``kernel`` overrides the measured choice (tests and benchmarks)."""
-    if segment_ids is None or bool((segment_ids == segment_ids[:, :1]).all()):
+    """The mask for packed rows; None (plain causal attention) without segments or, on the CPU, when
+    every row is one document (an accelerator would have to sync to find out: callers that know
+    pass None). ``kernel`` overrides the measured choice (tests and benchmarks)."""
+    if segment_ids is None:
+        return None
+    if segment_ids.device.type == "cpu" and bool((segment_ids == segment_ids[:, :1]).all()):
         return None
     B, T = segment_ids.shape
     kernel = kernel or pick_kernel(segment_ids.device, T)
@@ -149,7 +167,9 @@ def document_mask(segment_ids: torch.Tensor | None, *, kernel: str | None = None
         def same_document_causal(b, h, q_idx, kv_idx):
             return (segment_ids[b, q_idx] == segment_ids[b, kv_idx]) & (q_idx >= kv_idx)
 
-        block_mask = create_block_mask(same_document_causal, B, None, T, T, device=segment_ids.device)
+        block_mask = _block_mask_builder(segment_ids.device)(
+            same_document_causal, B, None, T, T, device=segment_ids.device
+        )
         return DocumentMask(segment_ids, kernel, block_mask)
     if kernel != "mask":
         raise ValueError(f"unknown attention kernel {kernel!r}; kernels are documents, flex and mask")

@@ -45,6 +45,8 @@ class ModelConfig:
             problems.append(f"n_heads {self.n_heads} is not a multiple of n_kv_heads {self.n_kv_heads}")
         if min(self.vocab_size, self.dim, self.n_layers, self.ffn_dim, self.max_seq_len) < 1:
             problems.append("vocab_size, dim, n_layers, ffn_dim and max_seq_len must be positive")
+        if self.rope_theta <= 0:
+            problems.append(f"rope_theta must be positive (got {self.rope_theta})")
         if problems:
             raise ValueError("bad model config: " + "; ".join(problems))
 
@@ -56,12 +58,14 @@ class ModelConfig:
     def from_depth(
         cls, depth: int, vocab_size: int, *, aspect: int = 64, head_dim: int = 64, **overrides
     ) -> ModelConfig:
-        """nanochat's one dial: width = depth x aspect, heads of ``head_dim``, half as many K/V heads,
-        SwiGLU hidden = 8/3 x width rounded up to a multiple of 64 (Llama's rule)."""
+        """nanochat's one dial: width = depth x aspect, heads of ``head_dim``, K/V heads the largest
+        divisor of the heads up to half of them, SwiGLU hidden = 8/3 x width rounded up to a multiple
+        of 64 (Llama's rule)."""
         dim = depth * aspect
         n_heads = max(1, dim // head_dim)
+        n_kv_heads = max([k for k in range(1, n_heads // 2 + 1) if n_heads % k == 0], default=1)
         ffn = 64 * math.ceil(8 * dim / 3 / 64)
-        shape = dict(dim=dim, n_layers=depth, n_heads=n_heads, n_kv_heads=max(1, n_heads // 2), ffn_dim=ffn)
+        shape = dict(dim=dim, n_layers=depth, n_heads=n_heads, n_kv_heads=n_kv_heads, ffn_dim=ffn)
         return cls(vocab_size=vocab_size, **{**shape, **overrides})
 
     @classmethod
@@ -226,6 +230,3 @@ class Transformer(nn.Module):
             else:
                 x = layer(x, cos, sin, mask)
         return self.head(self.norm(x))
-
-    def num_params(self) -> int:
-        return sum(p.numel() for p in self.parameters())  # a tied head is counted once

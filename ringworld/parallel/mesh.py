@@ -2,7 +2,7 @@
 
 ``torchrun --nproc_per_node N -m ringworld train ...`` sets RANK/WORLD_SIZE; ``init_distributed``
 then starts the process group (nccl on CUDA, gloo on CPU, whatever ``torch.accelerator`` offers
-elsewhere) and a 1-D ``DeviceMesh`` named ``dp``. ``apply_fsdp`` wraps every block with FSDP2's
+elsewhere) and a 1-D ``DeviceMesh`` named ``dp``. ``build_model`` wraps every block with FSDP2's
 ``fully_shard`` and then the root (torchtitan's order), so parameters, gradients and optimizer state
 are sharded across the mesh and each block's weights are gathered only while it runs.
 """
@@ -14,10 +14,11 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-from ringworld.model.transformer import Transformer
+from ringworld.model.transformer import ModelConfig, Transformer
 
 
 @dataclass
@@ -37,9 +38,16 @@ class Distributed:
 
     def all_reduce_sum(self, t: torch.Tensor) -> torch.Tensor:
         """Sum over ranks (a copy; the identity for one process)."""
+        return self._all_reduce(t, dist.ReduceOp.SUM)
+
+    def all_reduce_max(self, t: torch.Tensor) -> torch.Tensor:
+        """Elementwise maximum over ranks (a copy; the identity for one process)."""
+        return self._all_reduce(t, dist.ReduceOp.MAX)
+
+    def _all_reduce(self, t: torch.Tensor, op: dist.ReduceOp) -> torch.Tensor:
         t = t.clone()
         if self.mesh is not None:
-            dist.all_reduce(t, op=dist.ReduceOp.SUM)
+            dist.all_reduce(t, op=op)
         return t
 
 
@@ -70,14 +78,56 @@ def init_distributed(device: str | None = None) -> Distributed:
     return Distributed(rank=dist.get_rank(), world_size=world_size, device=dev, mesh=mesh)
 
 
-def apply_fsdp(model: Transformer, mesh: DeviceMesh, *, param_dtype: torch.dtype | None = None) -> Transformer:
-    """Shard every block, then the root (embedding, final norm, head). ``param_dtype`` (e.g. bf16)
-    gathers and computes in that dtype while gradients are reduced in fp32."""
+def build_model(
+    cfg: ModelConfig,
+    d: Distributed,
+    *,
+    seed: int,
+    activation_checkpointing: bool = False,
+    compile: bool = False,
+    param_dtype: torch.dtype | None = None,
+) -> Transformer:
+    """The model with the same seeded initial weights at any world size.
+
+    One process: built in place. Sharded, in torchtitan's order: built on the meta device,
+    activation checkpointing and compile set, every block and then the root ``fully_shard``-ed,
+    storage allocated, and rank 0's seeded weights broadcast into the shards, so no other rank
+    ever holds the whole model. ``param_dtype`` (bf16) is what FSDP gathers and computes in;
+    gradients are reduced in fp32.
+    """
+    torch.manual_seed(seed)
+    if d.mesh is None:
+        model = Transformer(cfg).to(d.device)
+    else:
+        with torch.device("meta"):
+            model = Transformer(cfg)
+    model.activation_checkpointing = activation_checkpointing
+    if compile:
+        for layer in model.layers:
+            layer.compile()
+    if d.mesh is None:
+        return model
     mp = MixedPrecisionPolicy(param_dtype=param_dtype, reduce_dtype=torch.float32)
     for layer in model.layers:
-        fully_shard(layer, mesh=mesh, mp_policy=mp)
-    fully_shard(model, mesh=mesh, mp_policy=mp)
+        fully_shard(layer, mesh=d.mesh, mp_policy=mp)
+    fully_shard(model, mesh=d.mesh, mp_policy=mp)
+    model.to_empty(device=d.device)
+    if d.is_main:
+        torch.manual_seed(seed)
+        weights = Transformer(cfg).state_dict()  # (on the CPU) what one process would have built
+    else:
+        weights = {}
+    set_full_weights(model, weights, broadcast=True)
     return model
+
+
+def set_full_weights(model: Transformer, weights: dict[str, torch.Tensor], *, broadcast: bool) -> None:
+    """Load a full (unsharded) state dict; with ``broadcast``, rank 0's copy goes to every shard
+    and the other ranks pass ``{}``."""
+    if model.cfg.tie_embeddings and "embed.weight" in weights:
+        weights["head.weight"] = weights["embed.weight"]
+    options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=broadcast)
+    set_model_state_dict(model, weights, options=options)
 
 
 def shutdown(d: Distributed) -> None:

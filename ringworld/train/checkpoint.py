@@ -30,13 +30,12 @@ from torch.distributed.checkpoint.state_dict import (
     StateDictOptions,
     get_model_state_dict,
     get_optimizer_state_dict,
-    set_model_state_dict,
     set_optimizer_state_dict,
 )
 
 from ringworld.io import atomic_write_text
 from ringworld.model.transformer import ModelConfig, Transformer
-from ringworld.parallel.mesh import Distributed
+from ringworld.parallel.mesh import Distributed, set_full_weights
 
 FORMAT = "ringworld-checkpoint/1"
 CHECKPOINTS = "checkpoints"
@@ -52,8 +51,9 @@ def latest_checkpoint(run: str | Path) -> Path | None:
     pointer = Path(run) / CHECKPOINTS / LATEST
     if not pointer.is_file():
         return None
-    path = pointer.parent / pointer.read_text().strip()
-    return path if path.is_dir() else None
+    name = pointer.read_text().strip()
+    path = pointer.parent / name
+    return path if name and path.is_dir() else None
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
@@ -114,6 +114,7 @@ def save_checkpoint(
 
     final = ckpts / name
     if d.is_main:
+        _fsync_tree(tmp)  # the data is on disk before the rename makes it the checkpoint
         if final.exists():
             shutil.rmtree(final)
         os.replace(tmp, final)
@@ -121,6 +122,15 @@ def save_checkpoint(
         _prune(ckpts, keep)
     d.barrier()
     return final
+
+
+def _fsync_tree(root: Path) -> None:
+    for path in [*root.rglob("*"), root]:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 def _prune(ckpts: Path, keep: int) -> None:
@@ -147,12 +157,12 @@ def read_config(checkpoint: Path) -> dict:
     return config
 
 
-def load_weights(checkpoint: Path, model: Transformer) -> None:
-    """Copy the checkpoint's full weights into ``model`` (sharded or not: each rank takes its part)."""
-    weights = load_file(checkpoint / WEIGHTS)
-    if model.cfg.tie_embeddings:
-        weights["head.weight"] = weights["embed.weight"]
-    set_model_state_dict(model, weights, options=StateDictOptions(full_state_dict=True))
+def load_weights(checkpoint: Path, model: Transformer, d: Distributed | None = None) -> None:
+    """Copy the checkpoint's full weights into ``model``. Sharded: rank 0 reads the file and
+    broadcasts, each rank keeps its shard (no rank but 0 ever holds the whole model)."""
+    sharded = d is not None and d.mesh is not None
+    weights = load_file(checkpoint / WEIGHTS) if not sharded or d.is_main else {}
+    set_full_weights(model, weights, broadcast=sharded)
 
 
 SHAPE_KEYS = ("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "ffn_dim", "qk_norm", "tie_embeddings")
@@ -170,7 +180,7 @@ def check_same_shape(checkpoint: Path, cfg: ModelConfig) -> None:
 def load_training_state(checkpoint: Path, model: Transformer, optimizer: torch.optim.Optimizer, d: Distributed) -> dict:
     """Restore weights, optimizer and (same world size) RNG; return the trainer state."""
     check_same_shape(checkpoint, model.cfg)
-    load_weights(checkpoint, model)
+    load_weights(checkpoint, model, d)
     _materialize_optimizer_state(optimizer)
     optim = get_optimizer_state_dict(model, optimizer)
     with _quiet_dcp():

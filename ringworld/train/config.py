@@ -54,12 +54,19 @@ class TrainConfig:
             problems.append(f"dtype must be auto, fp32 or bf16 (got {self.dtype!r})")
         if self.tasks is not None and set(self.tasks) - set(TASKS):
             problems.append(f"unknown task(s) {sorted(set(self.tasks) - set(TASKS))}; tasks are {', '.join(TASKS)}")
-        if problems:
-            raise ValueError("bad training config: " + "; ".join(problems))
         if self.text_weight < 0 or self.vision_weight < 0 or self.text_weight + self.vision_weight <= 0:
             problems.append(f"loss weights must be >= 0 and not both 0 (got {self.text_weight}, {self.vision_weight})")
         if not 0 <= self.caption_dropout < 1:
             problems.append(f"caption dropout is a probability in [0, 1) (got {self.caption_dropout})")
+        if self.lr <= 0 or self.grad_clip <= 0 or self.weight_decay < 0 or self.warmup < 0:
+            problems.append(
+                f"lr and grad_clip must be > 0, weight_decay and warmup >= 0 (got lr {self.lr}, grad_clip "
+                f"{self.grad_clip}, weight_decay {self.weight_decay}, warmup {self.warmup})"
+            )
+        if not 0 <= self.min_lr_ratio <= 1 or not all(0 <= b < 1 for b in self.betas):
+            problems.append(f"min_lr_ratio and betas lie in [0, 1) (got {self.min_lr_ratio}, {self.betas})")
+        if problems:
+            raise ValueError("bad training config: " + "; ".join(problems))
 
     def to_dict(self) -> dict:
         return asdict(self)

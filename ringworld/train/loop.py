@@ -14,24 +14,33 @@ import shutil
 import signal
 import threading
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass
 from pathlib import Path
 
+import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from ringworld.data.packing import PackedBatch
+from ringworld.data.packing import PAD_SEGMENT, PackedBatch
 from ringworld.data.shards import ShardDataset
 from ringworld.data.sources import ShardSource, WorldSource
-from ringworld.io import atomic_directory
-from ringworld.model.transformer import Transformer
-from ringworld.parallel.mesh import Distributed, apply_fsdp, init_distributed
+from ringworld.io import atomic_directory, atomic_write_text
+from ringworld.model.transformer import ModelConfig, Transformer
+from ringworld.parallel.mesh import Distributed, build_model, init_distributed, shutdown
 from ringworld.perf import measured_peak_flops
 from ringworld.tokens.bundle import load_codec
 from ringworld.train.checkpoint import checkpoint_name, latest_checkpoint, load_training_state, save_checkpoint
 from ringworld.train.config import TrainConfig
-from ringworld.train.loss import LossWeights, balanced_loss, modality_counts, modality_sums, per_modality_means
+from ringworld.train.loss import (
+    LossWeights,
+    balanced_loss,
+    check_has_targets,
+    modality_counts,
+    modality_sums,
+    per_modality_means,
+)
 from ringworld.world.tasks import TaskConfig
 
 
@@ -48,22 +57,29 @@ def lr_at(cfg: TrainConfig, step: int, elapsed: float) -> float:
     progress is whichever of steps and seconds is further along."""
     if step < cfg.warmup:
         return cfg.lr * (step + 1) / cfg.warmup
-    progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+    progress = (step + 1 - cfg.warmup) / max(1, cfg.steps - cfg.warmup)  # 1 on the last step: the floor
     if cfg.max_seconds > 0:
         progress = max(progress, elapsed / cfg.max_seconds)
     progress = min(1.0, progress)
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
 
 
-def make_optimizer(model: Transformer, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
+def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
     """AdamW (the fused kernel where there is one: 3-5x faster steps on CPU than foreach); matrices
     decay, norms do not."""
     params = [p for p in model.parameters() if p.requires_grad]
-    groups = [
-        {"params": [p for p in params if p.ndim >= 2], "weight_decay": cfg.weight_decay},
-        {"params": [p for p in params if p.ndim < 2], "weight_decay": 0.0},
-    ]
-    return torch.optim.AdamW(groups, lr=cfg.lr, betas=cfg.betas, eps=1e-8, fused=device.type in ("cpu", "cuda"))
+    groups = [{"params": [p for p in params if p.ndim >= 2]}, {"params": [p for p in params if p.ndim < 2]}]
+    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, eps=1e-8, fused=device.type in ("cpu", "cuda"))
+    set_hyperparameters(optimizer, cfg)
+    return optimizer
+
+
+def set_hyperparameters(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> None:
+    """Weight decay (matrices only) and betas from ``cfg``; the lr is set every step by the schedule."""
+    decay, no_decay = optimizer.param_groups
+    decay["weight_decay"], no_decay["weight_decay"] = cfg.weight_decay, 0.0
+    for group in optimizer.param_groups:
+        group["betas"] = cfg.betas
 
 
 def make_source(cfg: TrainConfig, codec) -> WorldSource | ShardSource:
@@ -83,7 +99,9 @@ def make_source(cfg: TrainConfig, codec) -> WorldSource | ShardSource:
             f"{cfg.data} was ingested with another tokenizer than {cfg.tokenizer}; "
             f"ingest it again with `ringworld data ingest ... --tokenizer {cfg.tokenizer}`"
         )
-    return ShardSource(dataset, seq_len=cfg.seq_len, rows=cfg.batch_size, seed=cfg.seed)
+    return ShardSource(
+        dataset, seq_len=cfg.seq_len, rows=cfg.batch_size, seed=cfg.seed, caption_dropout=cfg.caption_dropout
+    )
 
 
 def _prepare_run(cfg: TrainConfig, run: Path, resume: bool, d: Distributed) -> Path | None:
@@ -126,22 +144,26 @@ def train(
 ) -> TrainResult:
     """Train (or resume) the run ``cfg.out``; ``stop_at`` ends early at that step, with a checkpoint."""
     d = init_distributed(device)
+    try:
+        return _train(cfg, d, resume=resume, stop_at=stop_at, progress=progress)
+    finally:
+        shutdown(d)
+
+
+def _train(cfg: TrainConfig, d: Distributed, *, resume: bool, stop_at: int | None, progress: bool) -> TrainResult:
     run = Path(cfg.out)
     resume_from = _prepare_run(cfg, run, resume, d)
     codec = load_codec(run / "tokenizer")
     model_cfg = cfg.model_config(codec.vocab.size)
-    config = {"model": model_cfg.to_dict(), "train": cfg.to_dict()}
-    if d.is_main:
-        (run / "config.json").write_text(json.dumps(config, indent=2) + "\n")
-
-    torch.manual_seed(cfg.seed)  # every rank builds the same weights, then keeps its shard
-    model = Transformer(model_cfg).to(d.device)
-    model.activation_checkpointing = cfg.activation_checkpointing
-    if cfg.compile:
-        for layer in model.layers:
-            layer.compile()
-    if d.mesh is not None:
-        apply_fsdp(model, d.mesh)
+    bf16 = cfg.dtype == "bf16" or (cfg.dtype == "auto" and d.device.type != "cpu")
+    model = build_model(
+        model_cfg,
+        d,
+        seed=cfg.seed,
+        activation_checkpointing=cfg.activation_checkpointing,
+        compile=cfg.compile,
+        param_dtype=torch.bfloat16 if bf16 else None,
+    )
     optimizer = make_optimizer(model, cfg, d.device)
     source = make_source(cfg, codec)
     rows = _global_rows(cfg, d)
@@ -149,69 +171,112 @@ def train(
     start, elapsed, tokens_seen = 0, 0.0, 0
     if resume_from is not None:
         state = load_training_state(resume_from, model, optimizer, d)
+        set_hyperparameters(optimizer, cfg)  # the checkpoint's param groups carry the old ones
         source.load_state_dict(state["data"])
         start, elapsed, tokens_seen = state["step"], state["elapsed_seconds"], state["tokens_seen"]
+    config = {"model": model_cfg.to_dict(), "train": cfg.to_dict()}
+    if d.is_main:  # only now: a refused resume leaves the run's settings as they were
+        atomic_write_text(run / "config.json", json.dumps(config, indent=2) + "\n")
 
-    bf16 = cfg.dtype == "bf16" or (cfg.dtype == "auto" and d.device.type != "cpu")
     autocast = torch.autocast(d.device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
     peak = measured_peak_flops(d.device, torch.bfloat16 if bf16 else torch.float32) * d.world_size
-    flops_per_token = model_cfg.flops_per_token(cfg.seq_len)
     weights = LossWeights(cfg.text_weight, cfg.vision_weight)
     logger = _Logger(run, cfg, d, start)
 
-    def trainer_state(step: int) -> dict:
-        return {
-            "step": step,
-            "data": source.state_dict(),
-            "schedule": {"lr": cfg.lr, "warmup": cfg.warmup, "steps": cfg.steps, "min_lr_ratio": cfg.min_lr_ratio},
-            "elapsed_seconds": elapsed,
-            "tokens_seen": tokens_seen,
-            "world_size": d.world_size,
-        }
-
     def save(step: int) -> Path:
-        return save_checkpoint(run, step, model, optimizer, trainer_state(step), config, d, keep=cfg.keep)
+        trainer_state = {"step": step, "data": batches.state, "elapsed_seconds": elapsed}
+        trainer_state |= {"tokens_seen": tokens_seen, "world_size": d.world_size}
+        return save_checkpoint(run, step, model, optimizer, trainer_state, config, d, keep=cfg.keep)
 
     end = min(cfg.steps, stop_at) if stop_at is not None else cfg.steps
     history: list[dict] = []
     checkpoint = resume_from
     bar = tqdm(total=cfg.steps, initial=start, desc="train", unit="step", disable=not (progress and d.is_main))
+    if start == 0:
+        bar.write(f"{model_cfg.num_params() / 1e6:.1f}M weights, {d.world_size} process(es) on {d.device}")
     model.train()
     step = start
-    window_tokens, window_start = 0, time.perf_counter()
-    with _StopRequest() as stop, bar, logger:
-        while step < end and not (cfg.max_seconds > 0 and elapsed >= cfg.max_seconds):
-            if stop.requested_anywhere(d):
-                bar.write(f"stopping at step {step} as asked; saving a checkpoint (continue with --resume)")
+    window = {"tokens": 0, "flops": 0.0, "start": time.perf_counter()}
+    with _StopRequest() as stop, bar, logger, _Prefetcher(source, rows, background=d.device.type != "cpu") as batches:
+        while step < end:
+            # one collective a step: every rank agrees on the clock and on a stop request
+            asked, elapsed = stop.poll(d, elapsed)
+            if asked or (cfg.max_seconds > 0 and elapsed >= cfg.max_seconds):
+                if asked:
+                    bar.write(f"stopping at step {step} as asked; saving a checkpoint (continue with --resume)")
                 break
             t0 = time.perf_counter()
             lr = lr_at(cfg, step, elapsed)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            batch = source.next_batch(rows)
+            batch = batches.next()
             sums, counts, grad_norm = train_step(model, optimizer, batch, cfg, weights, d, autocast)
             step += 1
             elapsed += time.perf_counter() - t0
-            tokens = batch.ids.numel() * d.world_size
-            tokens_seen += tokens
-            window_tokens += tokens
+            real = batch.num_real_tokens() * d.world_size
+            tokens_seen += real
+            window["tokens"] += real
+            window["flops"] += useful_flops(model_cfg, batch) * d.world_size
             record = {"step": step, "loss": float(balanced_loss(sums, counts, weights))}
             record |= {f"{name}_loss": value for name, value in per_modality_means(sums, counts).items()}
             record |= {"lr": lr, "grad_norm": grad_norm}
             history.append(record)
             bar.update(1)
-            last = step == end or (cfg.max_seconds > 0 and elapsed >= cfg.max_seconds)
-            if step % cfg.log_every == 0 or last:
-                record["tokens_per_s"] = window_tokens / (time.perf_counter() - window_start)
-                record["mfu"] = record["tokens_per_s"] * flops_per_token / peak
+            if step % cfg.log_every == 0 or step == end:
+                seconds = time.perf_counter() - window["start"]
+                record |= {"tokens_per_s": window["tokens"] / seconds, "mfu": window["flops"] / seconds / peak}
                 logger.log(record, bar)
-            if step % cfg.save_every == 0 and not last:
+            if step % cfg.save_every == 0 and step < end:
                 checkpoint = save(step)
             if step % cfg.log_every == 0:
-                window_tokens, window_start = 0, time.perf_counter()
+                window = {"tokens": 0, "flops": 0.0, "start": time.perf_counter()}
     if step > start and (checkpoint is None or checkpoint.name != checkpoint_name(step)):
         checkpoint = save(step)
     return TrainResult(run, checkpoint, history, d.is_main)
+
+
+def useful_flops(cfg: ModelConfig, batch: PackedBatch) -> float:
+    """Training FLOPs of this rank's documents: 6 x matmul weights per token, plus causal attention
+    within each document (6 x layers x width x length^2), padding excluded."""
+    seg = batch.segment_ids.numpy()
+    starts = np.flatnonzero(np.diff(seg, prepend=-2, axis=1).ravel() != 0)  # each run's first token
+    lengths = np.diff(np.append(starts, seg.size))
+    lengths = lengths[seg.ravel()[starts] != PAD_SEGMENT]
+    return float(
+        cfg.flops_per_token(0) * lengths.sum() + 6 * cfg.n_layers * cfg.dim * (lengths.astype(float) ** 2).sum()
+    )
+
+
+class _Prefetcher:
+    """With ``background``, makes the next batch in a thread while the current step runs on the
+    accelerator (world documents are rendered and encoded on the CPU); on a CPU-only machine the
+    thread would only compete with the step for the same cores (measured: no gain), so batches are
+    made in turn. ``state`` is the source's state after the last batch handed out: what a
+    checkpoint must record."""
+
+    def __init__(self, source: WorldSource | ShardSource, rows: slice, *, background: bool) -> None:
+        self.source, self.rows, self.state = source, rows, source.state_dict()
+        self.pool = ThreadPoolExecutor(max_workers=1, thread_name_prefix="ringworld-data") if background else None
+        self.pending: Future | None = None
+
+    def _make(self) -> tuple[PackedBatch, dict]:
+        batch = self.source.next_batch(self.rows)
+        return batch, self.source.state_dict()
+
+    def next(self) -> PackedBatch:
+        if self.pool is None:
+            batch, self.state = self._make()
+            return batch
+        batch, self.state = (self.pending or self.pool.submit(self._make)).result()
+        self.pending = self.pool.submit(self._make)
+        return batch
+
+    def __enter__(self) -> _Prefetcher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.pool is not None:
+            self.pool.shutdown(wait=True, cancel_futures=True)
 
 
 class _StopRequest:
@@ -229,11 +294,14 @@ class _StopRequest:
             raise KeyboardInterrupt
         self.requested = True
 
-    def requested_anywhere(self, d: Distributed) -> bool:
-        """Whether any rank was asked (all ranks must stop at the same step)."""
+    def poll(self, d: Distributed, elapsed: float) -> tuple[bool, float]:
+        """(whether any rank was asked to stop, the slowest rank's training time): all ranks must stop
+        at the same step and follow the same time-based schedule."""
         if d.mesh is None:
-            return self.requested
-        return bool(d.all_reduce_sum(torch.tensor([float(self.requested)], device=d.device)).item() > 0)
+            return self.requested, elapsed
+        flags = torch.tensor([float(self.requested), elapsed], dtype=torch.float64, device=d.device)
+        asked, slowest = d.all_reduce_max(flags).tolist()
+        return asked > 0, slowest
 
     def __enter__(self) -> _StopRequest:
         if threading.current_thread() is threading.main_thread():  # signals reach only the main thread
@@ -248,22 +316,28 @@ class _StopRequest:
 def train_step(
     model: Transformer,
     optimizer: torch.optim.Optimizer,
-    batch: PackedBatch,  # this rank's rows of the global batch
+    batch: PackedBatch,  # this rank's rows of the global batch, on the CPU
     cfg: TrainConfig,
     weights: LossWeights,
     d: Distributed,
     autocast,
 ) -> tuple[torch.Tensor, torch.Tensor, float]:
     """One optimizer step; returns the global loss sums and counts per modality and the grad norm."""
-    counts = d.all_reduce_sum(modality_counts(batch).to(d.device))  # (M,) global denominators
+    counts = d.all_reduce_sum(modality_counts(batch).to(d.device)).cpu()  # (M,) global denominators
+    check_has_targets(counts, weights)  # once a step, on the CPU: no device sync per micro-batch
+    counts = counts.to(d.device)
     micro = batch.shape[0] // cfg.grad_accum
     sums = torch.zeros_like(counts, dtype=torch.float32)
     for i in range(cfg.grad_accum):
-        mb = batch.rows(slice(i * micro, (i + 1) * micro)).to(d.device)
+        mb = batch.rows(slice(i * micro, (i + 1) * micro))
+        # decided on the CPU copy, so the model never syncs an accelerator to ask
+        one_document_rows = bool((mb.segment_ids == mb.segment_ids[:, :1]).all())
+        mb = mb.to(d.device)
         if d.mesh is not None:
             model.set_requires_gradient_sync(i == cfg.grad_accum - 1)
         with autocast:
-            logits = model(mb.ids, segment_ids=mb.segment_ids, positions=mb.positions)  # (b, T, V)
+            segment_ids = None if one_document_rows else mb.segment_ids
+            logits = model(mb.ids, segment_ids=segment_ids, positions=mb.positions)  # (b, T, V)
         mb_sums = modality_sums(logits, mb)
         # FSDP averages gradients over ranks; the loss already divides by global counts, so undo it
         (balanced_loss(mb_sums, counts, weights) * d.world_size).backward()
@@ -274,6 +348,20 @@ def train_step(
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return d.all_reduce_sum(sums).cpu(), counts.cpu(), float(grad_norm)
+
+
+def _lines(path: Path) -> list[str]:
+    """The whole JSON lines of a log (a crash can leave the last one half written)."""
+    if not path.exists():
+        return []
+    lines = []
+    for line in path.read_text().splitlines():
+        try:
+            json.loads(line)
+        except json.JSONDecodeError:
+            continue
+        lines.append(line)
+    return lines
 
 
 TENSORBOARD_TAGS = {

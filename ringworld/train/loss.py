@@ -56,12 +56,15 @@ def balanced_loss(sums: torch.Tensor, counts: torch.Tensor, weights: LossWeights
     """sum_m w_m * sums_m / counts_m over the modalities present in ``counts``, weights renormalised to
     those present (a batch with no vision targets is all text loss, not half of it)."""
     w = weights.as_tensor(sums.device)
-    present = counts > 0
-    w = torch.where(present, w, torch.zeros_like(w))
-    if w.sum() <= 0:
-        raise ValueError("no target in the batch carries a loss weight; check the loss masks and loss weights")
+    w = torch.where(counts > 0, w, torch.zeros_like(w))  # (M,)
     per_modality = sums / counts.clamp(min=1).to(sums.dtype)
-    return (w * per_modality).sum() / w.sum()
+    return (w * per_modality).sum() / w.sum().clamp(min=torch.finfo(w.dtype).tiny)
+
+
+def check_has_targets(counts: torch.Tensor, weights: LossWeights) -> None:
+    """Raise unless some modality with a non-zero loss weight has targets (counts on the CPU)."""
+    if not any(counts[m] > 0 and getattr(weights, name) > 0 for name, m in MODALITIES.items()):
+        raise ValueError("no target in the batch carries a loss weight; check the loss masks and loss weights")
 
 
 def per_modality_means(sums: torch.Tensor, counts: torch.Tensor) -> dict[str, float]:
