@@ -130,7 +130,6 @@ def document_buckets(segment_ids: torch.Tensor) -> DocumentBuckets:
 @torch.compiler.disable
 def _by_document(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, buckets: DocumentBuckets) -> torch.Tensor:
     B, H, T, hd = q.shape
-    gqa = q.size(1) != k.size(1)
     sizes = [n * L for n, L in buckets.shapes]
 
     def bucketed(x: torch.Tensor) -> list[torch.Tensor]:
@@ -144,7 +143,7 @@ def _by_document(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, buckets: Doc
     outputs = []
     for qb, kb, vb in zip(bucketed(q), bucketed(k), bucketed(v), strict=True):  # (n, heads, L, hd) each
         # right-padded documents under a causal mask: no real query sees a padding slot
-        y = F.scaled_dot_product_attention(qb, kb, vb, is_causal=True, enable_gqa=gqa)  # (n, H, L, hd)
+        y = _sdpa(qb, kb, vb, is_causal=True)  # (n, H, L, hd)
         outputs.append(y.transpose(1, 2).reshape(-1, H, hd))  # (n*L, H, hd)
     y = _Gather.apply(torch.cat(outputs), buckets.scatter, buckets.slots, buckets.real)  # (B*T, H, hd)
     return y.view(B, T, H, hd).transpose(1, 2)
@@ -178,13 +177,22 @@ def document_mask(segment_ids: torch.Tensor | None, *, kernel: str | None = None
     return DocumentMask(segment_ids, kernel, same & causal)
 
 
+def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kwargs) -> torch.Tensor:
+    """SDPA with grouped K/V heads. On CUDA the fused kernels take GQA only in half precision and
+    without a mask; otherwise K/V are repeated, rather than fall back to the math kernel's O(T^2)
+    memory. The CPU's flash kernel takes GQA as it is."""
+    groups = q.size(1) // k.size(1)
+    if groups > 1 and q.device.type != "cpu" and (q.dtype == torch.float32 or "attn_mask" in kwargs):
+        k, v = k.repeat_interleave(groups, dim=1), v.repeat_interleave(groups, dim=1)
+    return F.scaled_dot_product_attention(q, k, v, enable_gqa=q.size(1) != k.size(1), **kwargs)
+
+
 def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: DocumentMask | None) -> torch.Tensor:
     """Causal attention. q: (B, H, T, hd); k, v: (B, Hkv, T, hd) with H a multiple of Hkv -> (B, H, T, hd)."""
-    gqa = q.size(1) != k.size(1)
     if mask is None:
-        return F.scaled_dot_product_attention(q, k, v, is_causal=True, enable_gqa=gqa)
+        return _sdpa(q, k, v, is_causal=True)
     if mask.kernel == "documents":
         return _by_document(q, k, v, mask.mask)
     if mask.kernel == "flex":
         return _flex(q, k, v, mask.mask)
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask.mask, enable_gqa=gqa)
+    return _sdpa(q, k, v, attn_mask=mask.mask)
