@@ -1,9 +1,9 @@
 """Training throughput: ringworld against Hugging Face transformers' LlamaForCausalLM, same config,
-same weights, same optimizer, in one run.
+same weights, same optimizer, in one run. ringworld runs as ``ringworld train`` does by default (each
+block through ``torch.compile``) and, for comparison, eager (``--no-compile``).
 
     python bench/train_throughput.py                      # tiny preset, 4 rows x 1024 tokens, CPU fp32
     python bench/train_throughput.py --json results.json  # also write the figures
-    python bench/train_throughput.py --compile             # also ringworld with compiled blocks
     python bench/train_throughput.py --device cuda --dtype bf16 --preset small
 
 Two cases, each timed over the same batches for both:
@@ -92,7 +92,7 @@ def padded_batch(docs: list[Encoded], pad_id: int) -> dict[str, torch.Tensor]:
     return {"input_ids": ids, "attention_mask": mask, "labels": labels}
 
 
-FRAMEWORKS = ("ringworld", "transformers")
+FRAMEWORKS = ("ringworld", "ringworld --no-compile", "transformers")
 
 
 def make_runners(args: argparse.Namespace) -> tuple[dict, ModelConfig, list[list[Encoded]]]:
@@ -109,13 +109,13 @@ def make_runners(args: argparse.Namespace) -> tuple[dict, ModelConfig, list[list
     runners = {}
 
     packed = [pack(docs, args.seq_len, pad_id) for docs in batches]
-    for name in ("ringworld", "ringworld --compile"):
+    for name in ("ringworld", "ringworld --no-compile"):
         if name not in args.frameworks:
             continue
         ours = Transformer(cfg)
         ours.load_state_dict(model.state_dict())
         ours = ours.to(device).train()
-        if name.endswith("--compile"):
+        if name == "ringworld":  # what `ringworld train` does by default
             for layer in ours.layers:
                 layer.compile()
         optimizer = make_optimizer(ours, train_cfg, device)
@@ -225,7 +225,6 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4, help="timed steps per measurement")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps first")
     parser.add_argument("--cases", default="dense,mixture", help="which cases to run, comma-separated")
-    parser.add_argument("--compile", action="store_true", help="also time ringworld with torch.compile'd blocks")
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
     parser.add_argument("--tokenizer", type=Path, help="tokenizer directory (default: a fresh untrained one)")
@@ -238,8 +237,7 @@ def main() -> None:
             build_tokenizer(args.tokenizer)
         rows = []
         for case in args.cases.split(","):
-            frameworks = FRAMEWORKS + ("ringworld --compile",) if args.compile else FRAMEWORKS
-            both = argparse.Namespace(**{**vars(args), "case": case, "frameworks": frameworks})
+            both = argparse.Namespace(**{**vars(args), "case": case, "frameworks": FRAMEWORKS})
             speed = measure_speed(both)
             for row in speed:
                 one = argparse.Namespace(**{**vars(both), "frameworks": [row["framework"]]})
@@ -251,7 +249,7 @@ def main() -> None:
     ratios = {}
     for r in rows:
         if "vs_transformers" in r:
-            ratios[names[r["case"]] + ("_compiled" if "compile" in r["framework"] else "")] = r["vs_transformers"]
+            ratios[names[r["case"]] + ("_eager" if "no-compile" in r["framework"] else "")] = r["vs_transformers"]
     threads = torch.get_num_threads()
     print(
         f"\n{args.preset} preset, {args.rows} rows x {args.seq_len} tokens, {args.device} {args.dtype}, "

@@ -204,7 +204,11 @@ def _train_parser(commands) -> None:
     g.add_argument(
         "--dtype", choices=["auto", "fp32", "bf16"], help="bf16 autocast; auto = bf16 on accelerators [auto]"
     )
-    g.add_argument("--compile", action=argparse.BooleanOptionalAction, help="torch.compile each block [off]")
+    g.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        help="torch.compile each block: ~10%% faster steps after ~20 s of compiling on CPU [on]",
+    )
     g.add_argument(
         "--activation-checkpointing", action=argparse.BooleanOptionalAction, help="recompute blocks in backward [off]"
     )

@@ -23,7 +23,9 @@ from ringworld.train.config import TrainConfig
 from ringworld.train.loop import lr_at, train
 from ringworld.world.tasks import sample_task
 
-SMALL = dict(depth=1, seq_len=256, video_frames=2, batch_size=4, steps=6, warmup=2, log_every=1, tensorboard=False)
+SMALL = dict(
+    depth=1, seq_len=256, video_frames=2, batch_size=4, steps=6, warmup=2, log_every=1, tensorboard=False, compile=False
+)
 
 
 def losses(history):
@@ -96,6 +98,7 @@ def test_schedule_warms_up_then_decays_to_the_floor():
 
 def test_train_cli_errors(world_tokenizer_dir, tmp_path, capsys):
     common = ["--depth", "1", "--seq-len", "256", "--video-frames", "2", "--steps", "1", "--no-tensorboard"]
+    common += ["--no-compile"]
     assert main(["train", "--out", str(tmp_path / "a"), *common]) == 2
     assert "pass --tokenizer" in capsys.readouterr().err
     assert main(["train", "--out", str(tmp_path / "b"), "--resume", *common]) == 2
@@ -129,7 +132,18 @@ def test_fsdp_two_processes_equal_one_and_resume_at_another_world_size(world_tok
     single = train(cfg, progress=False).history
     loss, norm = [h["loss"] for h in single], [h["grad_norm"] for h in single]
     args = ["--tokenizer", str(world_tokenizer_dir), "--depth", "1", "--seq-len", "256", "--video-frames", "2"]
-    args += ["--batch-size", "4", "--steps", "4", "--warmup", "2", "--log-every", "1", "--no-tensorboard"]
+    args += [
+        "--batch-size",
+        "4",
+        "--steps",
+        "4",
+        "--warmup",
+        "2",
+        "--log-every",
+        "1",
+        "--no-tensorboard",
+        "--no-compile",
+    ]
 
     dp2 = tmp_path / "dp2"  # 2 processes x 2 micro-batches of 1 row
     torchrun(2, ["--out", str(dp2), *args, "--grad-accum", "2", "--stop-at", "2"])
@@ -185,7 +199,7 @@ def test_activation_checkpointing_gives_the_same_gradients():
 
 @pytest.mark.slow
 def test_compiled_blocks_train_like_eager(world_tokenizer_dir, tmp_path):
-    """--compile (each block through torch.compile; ~20 s to compile on 2 cores) changes speed, not losses."""
+    """Compiling each block (the default; ~20 s to compile on 2 cores) changes speed, not losses."""
     cfg = TrainConfig(out=str(tmp_path / "eager"), tokenizer=str(world_tokenizer_dir), **{**SMALL, "steps": 2})
     eager = losses(train(cfg, progress=False).history)
     compiled = losses(train(replace(cfg, out=str(tmp_path / "compiled"), compile=True), progress=False).history)

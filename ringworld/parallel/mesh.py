@@ -9,7 +9,10 @@ are sharded across the mesh and each block's weights are gathered only while it 
 
 from __future__ import annotations
 
+import importlib.util
 import os
+import shutil
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -102,6 +105,11 @@ def build_model(
         with torch.device("meta"):
             model = Transformer(cfg)
     model.activation_checkpointing = activation_checkpointing
+    missing = compile and missing_compiler(d.device)
+    if missing:
+        if d.is_main:
+            print(f"note: training without torch.compile: {missing}", file=sys.stderr)
+        compile = False
     if compile:
         for layer in model.layers:
             layer.compile()
@@ -119,6 +127,17 @@ def build_model(
         weights = {}
     set_full_weights(model, weights, broadcast=True)
     return model
+
+
+def missing_compiler(device: torch.device) -> str | None:
+    """What torch.compile would need and does not find here (None when it can run)."""
+    if device.type == "cpu":
+        compilers = (os.environ.get("CXX"), "g++", "c++", "clang++")
+        if not any(shutil.which(c) for c in compilers if c):
+            return "no C++ compiler on PATH (install g++ or clang++)"
+    elif device.type == "cuda" and importlib.util.find_spec("triton") is None:
+        return "Triton is not installed"
+    return None
 
 
 def set_full_weights(model: Transformer, weights: dict[str, torch.Tensor], *, broadcast: bool) -> None:

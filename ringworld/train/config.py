@@ -37,7 +37,7 @@ class TrainConfig:
     caption_dropout: float = 0.1
     seed: int = 0
     dtype: str = "auto"  # auto: bf16 autocast on an accelerator, fp32 on the CPU
-    compile: bool = False
+    compile: bool = True  # torch.compile each block; eager (with a notice) where no compiler is found
     activation_checkpointing: bool = False
     log_every: int = 10
     save_every: int = 500
