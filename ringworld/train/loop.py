@@ -192,7 +192,7 @@ def _train(cfg: TrainConfig, d: Distributed, *, resume: bool, stop_at: int | Non
     history: list[dict] = []
     checkpoint = resume_from
     bar = tqdm(total=cfg.steps, initial=start, desc="train", unit="step", disable=not (progress and d.is_main))
-    if start == 0:
+    if start == 0 and progress and d.is_main:  # tqdm.write prints even from a disabled bar
         bar.write(f"{model_cfg.num_params() / 1e6:.1f}M weights, {d.world_size} process(es) on {d.device}")
     model.train()
     step = start
@@ -202,7 +202,7 @@ def _train(cfg: TrainConfig, d: Distributed, *, resume: bool, stop_at: int | Non
             # one collective a step: every rank agrees on the clock and on a stop request
             asked, elapsed = stop.poll(d, elapsed)
             if asked or (cfg.max_seconds > 0 and elapsed >= cfg.max_seconds):
-                if asked:
+                if asked and d.is_main:
                     bar.write(f"stopping at step {step} as asked; saving a checkpoint (continue with --resume)")
                 break
             t0 = time.perf_counter()
