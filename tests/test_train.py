@@ -287,3 +287,14 @@ def test_background_batches_and_states_are_those_made_in_turn(world_tokenizer_di
             for step in range(1, 4):
                 assert torch.equal(ahead.next().ids, in_turn.next().ids)
                 assert ahead.state == in_turn.state == {"kind": "world", "step": step, "seed": 1}
+
+
+@pytest.mark.slow
+def test_fsdp_with_compiled_blocks_trains_like_one_eager_process(world_tokenizer_dir, tmp_path):
+    """The README's torchrun command compiles by default: FSDP2 around compiled blocks, on gloo."""
+    cfg = TrainConfig(out=str(tmp_path / "single"), tokenizer=str(world_tokenizer_dir), **{**SMALL, "steps": 2})
+    single = losses(train(cfg, progress=False).history)
+    args = ["--tokenizer", str(world_tokenizer_dir), "--depth", "1", "--seq-len", "256", "--video-frames", "2"]
+    args += ["--batch-size", "4", "--steps", "2", "--warmup", "2", "--log-every", "1", "--no-tensorboard"]
+    torchrun(2, ["--out", str(tmp_path / "dp2"), *args, "--compile"])
+    torch.testing.assert_close(logged(tmp_path / "dp2", "loss"), single, atol=1e-4, rtol=0)
