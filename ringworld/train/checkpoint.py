@@ -4,7 +4,8 @@ RUN/checkpoints/step_0000100/
     model.safetensors       the full weights (gathered from every shard), loadable on its own
     config.json             model and training config
     tokenizer/              the tokenizer directory the model reads and writes
-    trainer_state.json      step, data-sampler state, schedule, tokens seen, time spent
+    trainer_state.json      step, data-sampler state, tokens seen, time spent (the lr schedule is a
+                            function of these and config.json, so this is the scheduler's state)
     optimizer/              AdamW state, sharded with torch.distributed.checkpoint (reshards on load)
     rng/rank_<r>.pt         each process's torch RNG state
 RUN/checkpoints/latest      the name of the newest complete checkpoint
