@@ -120,3 +120,21 @@ def fit_square(frame: np.ndarray, size: int) -> np.ndarray:
     if side != size:
         crop = crop.resize((size, size), PILImage.Resampling.BOX if side > size else PILImage.Resampling.BICUBIC)
     return np.asarray(crop)
+
+
+def read_media(path: str | Path, size: int, *, max_frames: int | None = None) -> tuple[np.ndarray, str | None]:
+    """An image (H, W, 3) or a video (T, H, W, 3) by suffix, fitted to ``size`` x ``size``;
+    with a notice saying so when it had another size (``None`` when it fitted already)."""
+    suffix = Path(path).suffix.lower()
+    if suffix in IMAGE_SUFFIXES:
+        frames = read_image(path)[None]
+    elif suffix in VIDEO_SUFFIXES:
+        frames = read_video(path, max_frames=max_frames)
+    else:
+        known = ", ".join(sorted(IMAGE_SUFFIXES | VIDEO_SUFFIXES))
+        raise MediaError(f"cannot read {path}: {suffix or 'no suffix'} is not an image or video suffix ({known})")
+    notice = None
+    if frames.shape[1:3] != (size, size):
+        notice = f"note: {path} is {frames.shape[2]}x{frames.shape[1]}; centre-cropped and resized to {size}x{size}"
+        frames = np.stack([fit_square(f, size) for f in frames])
+    return (frames[0] if suffix in IMAGE_SUFFIXES else frames), notice

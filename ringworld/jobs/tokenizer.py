@@ -95,11 +95,17 @@ def train_tokenizers(
     return metrics
 
 
-def evaluate_tokenizer_dir(directory: str | Path, eval_frames: int = 2000) -> dict:
-    """Metrics of a saved tokenizer directory on held-out frames of the world it was trained on
-    (as recorded in its metrics.json; the default world at its frame size otherwise)."""
-    codec = load_codec(directory)
+def tokenizer_world(directory: str | Path) -> WorldConfig:
+    """The world a tokenizer directory was trained on (recorded in its metrics.json; the default
+    world at the tokenizer's frame size for a directory without one)."""
     metrics_path = Path(directory) / "metrics.json"
     recorded = json.loads(metrics_path.read_text()).get("world") if metrics_path.exists() else None
-    world = WorldConfig(**recorded) if recorded else WorldConfig(frame_size=codec.vision.frame_size)
-    return evaluate_vision(codec.vision, world, eval_frames)
+    if recorded:
+        return WorldConfig(**recorded)
+    vision = json.loads((Path(directory) / "vision" / "config.json").read_text())
+    return WorldConfig(frame_size=vision["frame_size"])
+
+
+def evaluate_tokenizer_dir(directory: str | Path, eval_frames: int = 2000) -> dict:
+    """Metrics of a saved tokenizer directory on held-out frames of the world it was trained on."""
+    return evaluate_vision(load_codec(directory).vision, tokenizer_world(directory), eval_frames)

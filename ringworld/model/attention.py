@@ -196,3 +196,9 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: DocumentM
     if mask.kernel == "flex":
         return _flex(q, k, v, mask.mask)
     return _sdpa(q, k, v, attn_mask=mask.mask)
+
+
+def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:
+    """Attention of new tokens over a KV cache. q: (B, H, T, hd); k, v: (B, Hkv, S, hd); visible:
+    (B, 1, T, S) bool, True where a query may look (its own row's earlier slots) -> (B, H, T, hd)."""
+    return _sdpa(q, k, v, attn_mask=visible)

@@ -5,6 +5,9 @@ SwiGLU, optional QK-norm (Chameleon's fix for unstable mixed-modal training) and
 embeddings. A plain ``nn.Module``: parallelism is applied to it from ``ringworld.parallel``.
 
     logits = Transformer(cfg)(ids, segment_ids=seg, positions=pos)   # (B, T) -> (B, T, vocab)
+
+For generation a ``KVCache`` holds every layer's keys and values; a forward given one writes its
+tokens' keys and values into the cache and attends to the cached slots it is told it may see.
 """
 
 from __future__ import annotations
@@ -17,7 +20,7 @@ import torch.nn.functional as F
 from torch import nn
 from torch.utils.checkpoint import checkpoint
 
-from ringworld.model.attention import DocumentMask, attention, document_mask
+from ringworld.model.attention import DocumentMask, attention, cached_attention, document_mask
 
 
 @dataclass
@@ -133,6 +136,62 @@ def apply_rope(x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor) -> torch.T
     return (x * cos[:, :, None] + rotated * sin[:, :, None]).to(x.dtype)
 
 
+# generation cache ---------------------------------------------------------------------------
+@dataclass
+class LayerCache:
+    """One layer's view of a ``KVCache`` for one forward."""
+
+    k: torch.Tensor  # (B, Hkv, S, hd)
+    v: torch.Tensor
+    slots: torch.Tensor  # (T,) long: where this forward's tokens go
+    visible: torch.Tensor  # (B, 1, T, S') bool: what each new token attends to, among slots 0..S'-1
+
+    def write(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """Store k, v (B, Hkv, T, hd) at ``slots``; return the keys and values of slots 0..S'-1."""
+        self.k.index_copy_(2, self.slots, k.to(self.k.dtype))
+        self.v.index_copy_(2, self.slots, v.to(self.v.dtype))
+        seen = self.visible.size(-1)
+        return self.k[:, :, :seen], self.v[:, :, :seen]
+
+
+@dataclass
+class KVCache:
+    """Preallocated keys and values of every layer, ``S`` slots per row.
+
+    Slots are shared by all rows, so rows of different prompt lengths are left-padded and their
+    padding slots are simply never visible. ``at(slots, visible)`` says where the next forward's
+    tokens go and what they see; the caller (``ringworld.infer.engine``) keeps that bookkeeping.
+    """
+
+    k: list[torch.Tensor]  # per layer (B, Hkv, S, hd)
+    v: list[torch.Tensor]
+    slots: torch.Tensor | None = None
+    visible: torch.Tensor | None = None
+
+    @classmethod
+    def allocate(
+        cls, cfg: ModelConfig, batch: int, length: int, *, device: torch.device | str, dtype: torch.dtype
+    ) -> KVCache:
+        shape = (batch, cfg.n_kv_heads, length, cfg.head_dim)
+        return cls(
+            [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layers)],
+            [torch.zeros(shape, device=device, dtype=dtype) for _ in range(cfg.n_layers)],
+        )
+
+    @property
+    def length(self) -> int:
+        return self.k[0].size(2)
+
+    def at(self, slots: torch.Tensor, visible: torch.Tensor) -> KVCache:
+        self.slots, self.visible = slots, visible
+        return self
+
+    def layer(self, i: int) -> LayerCache:
+        if self.slots is None or self.visible is None:
+            raise RuntimeError("say where the tokens go first: cache.at(slots, visible)")
+        return LayerCache(self.k[i], self.v[i], self.slots, self.visible)
+
+
 # blocks -------------------------------------------------------------------------------------
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
@@ -146,7 +205,14 @@ class Attention(nn.Module):
         self.q_norm = nn.RMSNorm(cfg.head_dim, eps=cfg.norm_eps) if cfg.qk_norm else None
         self.k_norm = nn.RMSNorm(cfg.head_dim, eps=cfg.norm_eps) if cfg.qk_norm else None
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: DocumentMask | None) -> torch.Tensor:
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        mask: DocumentMask | None,
+        cache: LayerCache | None = None,
+    ) -> torch.Tensor:
         B, T, _ = x.shape
         hd = self.head_dim
         q = self.wq(x).view(B, T, self.n_heads, hd)  # (B, T, H, hd)
@@ -155,7 +221,12 @@ class Attention(nn.Module):
         if self.q_norm is not None:
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
-        y = attention(q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2), mask)  # (B, H, T, hd)
+        q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, T, hd)
+        if cache is None:
+            y = attention(q, k, v, mask)  # (B, H, T, hd)
+        else:
+            k, v = cache.write(k, v)  # (B, Hkv, S', hd)
+            y = cached_attention(q, k.to(q.dtype), v.to(q.dtype), cache.visible)
         return self.wo(y.transpose(1, 2).reshape(B, T, self.n_heads * hd))
 
 
@@ -179,8 +250,15 @@ class Block(nn.Module):
         self.mlp_norm = nn.RMSNorm(cfg.dim, eps=cfg.norm_eps)
         self.mlp = MLP(cfg)
 
-    def forward(self, x: torch.Tensor, cos: torch.Tensor, sin: torch.Tensor, mask: DocumentMask | None) -> torch.Tensor:
-        x = x + self.attn(self.attn_norm(x), cos, sin, mask)
+    def forward(
+        self,
+        x: torch.Tensor,
+        cos: torch.Tensor,
+        sin: torch.Tensor,
+        mask: DocumentMask | None,
+        cache: LayerCache | None = None,
+    ) -> torch.Tensor:
+        x = x + self.attn(self.attn_norm(x), cos, sin, mask, cache)
         return x + self.mlp(self.mlp_norm(x))
 
 
@@ -217,15 +295,22 @@ class Transformer(nn.Module):
         *,
         segment_ids: torch.Tensor | None = None,  # (B, T) int: packed rows, attention stays in a document
         positions: torch.Tensor | None = None,  # (B, T) int; default 0..T-1
+        cache: KVCache | None = None,  # generation: read and extend this cache (see KVCache.at)
     ) -> torch.Tensor:  # (B, T, vocab) logits
         B, T = ids.shape
+        if cache is not None and segment_ids is not None:
+            raise ValueError(
+                "a cached forward takes no segment_ids: the cache's visible mask says what each token sees"
+            )
         if positions is None:
             positions = torch.arange(T, device=ids.device)[None]  # (1, T)
         cos, sin = rope_cos_sin(positions, self.cfg.head_dim, self.cfg.rope_theta)
         mask = document_mask(segment_ids)
         x = self.embed(ids)  # (B, T, dim)
-        for layer in self.layers:
-            if self.activation_checkpointing and self.training:
+        for i, layer in enumerate(self.layers):
+            if cache is not None:
+                x = layer(x, cos, sin, None, cache.layer(i))
+            elif self.activation_checkpointing and self.training:
                 x = checkpoint(layer, x, cos, sin, mask, use_reentrant=False)
             else:
                 x = layer(x, cos, sin, mask)

@@ -34,12 +34,20 @@ class VisionConfig:
     levels: tuple[int, ...] = (8, 5, 5, 5)  # FSQ levels; codebook size = their product
     channels: int = 64  # width of the conv stack
     blocks: int = 2  # residual blocks in the encoder and again in the decoder
+    # 3: codes see their neighbours (3x3 convolutions, one norm over the frame). 1: every code is a
+    # function of its own patch alone (1x1 convolutions, a norm per position), so equal patches
+    # always get equal codes; right for worlds whose sprites sit on the patch lattice.
+    kernel: int = 3
 
     def __post_init__(self) -> None:
         if self.frame_size % self.patch:
             raise ValueError(f"frame_size {self.frame_size} is not a multiple of patch {self.patch}")
         if any(level < 2 for level in self.levels):
             raise ValueError(f"FSQ levels must each be >= 2, got {self.levels}")
+        if self.kernel not in (1, 3):
+            raise ValueError(
+                f"kernel must be 1 (codes see their own patch) or 3 (and their neighbours), got {self.kernel}"
+            )
 
     @property
     def grid(self) -> tuple[int, int]:
@@ -83,13 +91,24 @@ class FSQ(nn.Module):
 
 
 class ResBlock(nn.Module):
-    def __init__(self, channels: int):
+    def __init__(self, channels: int, kernel: int = 3):
         super().__init__()
-        self.conv1 = nn.Conv2d(channels, channels, 3, padding=1)
-        self.conv2 = nn.Conv2d(channels, channels, 3, padding=1)
+        self.conv1 = nn.Conv2d(channels, channels, kernel, padding=kernel // 2)
+        self.conv2 = nn.Conv2d(channels, channels, kernel, padding=kernel // 2)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return x + self.conv2(F.silu(self.conv1(F.silu(x))))
+
+
+class PositionNorm(nn.Module):
+    """LayerNorm over the channels at each grid position: no statistic crosses patches."""
+
+    def __init__(self, channels: int):
+        super().__init__()
+        self.norm = nn.LayerNorm(channels)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:  # (B, C, h, w)
+        return self.norm(x.permute(0, 2, 3, 1)).permute(0, 3, 1, 2)
 
 
 class VisionTokenizer(nn.Module):
@@ -98,18 +117,19 @@ class VisionTokenizer(nn.Module):
     def __init__(self, config: VisionConfig = VisionConfig()):
         super().__init__()
         self.config = config
-        c, p, d = config.channels, config.patch, len(config.levels)
+        c, p, d, k = config.channels, config.patch, len(config.levels), config.kernel
+        norm = (lambda: nn.GroupNorm(1, c)) if k == 3 else (lambda: PositionNorm(c))
         self.encoder = nn.Sequential(
             nn.Conv2d(3 * p * p, c, 1),
-            *[ResBlock(c) for _ in range(config.blocks)],
-            nn.GroupNorm(1, c),
+            *[ResBlock(c, k) for _ in range(config.blocks)],
+            norm(),
             nn.SiLU(),
             nn.Conv2d(c, d, 1),
         )
         self.decoder = nn.Sequential(
             nn.Conv2d(d, c, 1),
-            *[ResBlock(c) for _ in range(config.blocks)],
-            nn.GroupNorm(1, c),
+            *[ResBlock(c, k) for _ in range(config.blocks)],
+            norm(),
             nn.SiLU(),
             nn.Conv2d(c, 3 * p * p, 1),
         )

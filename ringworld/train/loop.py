@@ -27,6 +27,7 @@ from ringworld.data.packing import PAD_SEGMENT, PackedBatch
 from ringworld.data.shards import ShardDataset
 from ringworld.data.sources import ShardSource, WorldSource
 from ringworld.io import atomic_directory, atomic_write_text
+from ringworld.jobs.tokenizer import tokenizer_world
 from ringworld.model.transformer import ModelConfig, Transformer
 from ringworld.parallel.mesh import Distributed, build_model, init_distributed, shutdown
 from ringworld.perf import measured_peak_flops
@@ -41,6 +42,7 @@ from ringworld.train.loss import (
     modality_sums,
     per_modality_means,
 )
+from ringworld.world.sim import WorldConfig
 from ringworld.world.tasks import TaskConfig
 
 
@@ -82,7 +84,7 @@ def set_hyperparameters(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> N
         group["betas"] = cfg.betas
 
 
-def make_source(cfg: TrainConfig, codec) -> WorldSource | ShardSource:
+def make_source(cfg: TrainConfig, codec, world: WorldConfig = WorldConfig()) -> WorldSource | ShardSource:
     if cfg.data == "world":
         return WorldSource(
             codec,
@@ -90,7 +92,7 @@ def make_source(cfg: TrainConfig, codec) -> WorldSource | ShardSource:
             rows=cfg.batch_size,
             seed=cfg.seed,
             task_weights=cfg.tasks,
-            task_config=TaskConfig(video_frames=cfg.video_frames),
+            task_config=TaskConfig(world=world, video_frames=cfg.video_frames),
             caption_dropout=cfg.caption_dropout,
         )
     dataset = ShardDataset(cfg.data)
@@ -165,7 +167,7 @@ def _train(cfg: TrainConfig, d: Distributed, *, resume: bool, stop_at: int | Non
         param_dtype=torch.bfloat16 if bf16 else None,
     )
     optimizer = make_optimizer(model, cfg, d.device)
-    source = make_source(cfg, codec)
+    source = make_source(cfg, codec, tokenizer_world(run / "tokenizer"))
     rows = _global_rows(cfg, d)
 
     start, elapsed, tokens_seen = 0, 0.0, 0

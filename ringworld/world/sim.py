@@ -48,8 +48,13 @@ class WorldConfig:
     object_size: int = 0  # sprite side in pixels; 0 = frame_size // 4
     min_objects: int = 1
     max_objects: int = 3
-    max_speed: int = 2  # velocities are integers in [-max_speed, max_speed] pixels per step
-    agent_step: int = 0  # pixels an action moves the agent; 0 = object_size // 2
+    # Positions and velocities are multiples of ``snap`` pixels; 0 = object_size // 2. With the
+    # default vision patch (4 px, a divisor of the half sprite) every sprite then covers whole
+    # patches, so a scene is a handful of distinct codes and a small model learns it in minutes.
+    # snap=1 frees positions to any pixel.
+    snap: int = 0
+    max_speed: int = 1  # velocities are integers in [-max_speed, max_speed] times snap pixels per step
+    agent_step: int = 0  # pixels an action moves the agent; 0 = snap
     gap: int = 1  # objects keep at least this many pixels between them
 
     def __post_init__(self) -> None:
@@ -62,14 +67,24 @@ class WorldConfig:
             )
         if not 4 <= self.size <= self.frame_size // 2:
             raise ValueError(f"object_size must be in [4, frame_size/2], got {self.size}")
+        if self.max_position % self.grid:
+            raise ValueError(
+                f"snap {self.grid} does not divide the free range {self.max_position} px "
+                f"(frame_size - object_size); pick a snap that does, or snap=1"
+            )
 
     @property
     def size(self) -> int:
         return self.object_size or self.frame_size // 4
 
     @property
+    def grid(self) -> int:
+        """The lattice positions and velocities live on, in pixels."""
+        return self.snap or max(1, self.size // 2)
+
+    @property
     def step(self) -> int:
-        return self.agent_step or max(1, self.size // 2)
+        return self.agent_step or self.grid
 
     @property
     def max_position(self) -> int:
@@ -150,14 +165,14 @@ def random_state(
     for i, c in enumerate(colors):
         for _ in range(1000):
             still = agent and i == 0
-            speed = config.max_speed
+            speed, g, cells = config.max_speed, config.grid, config.max_position // config.grid
             obj = Obj(
                 color=COLORS[c],
                 shape=SHAPES[int(rng.integers(len(SHAPES)))],
-                x=int(rng.integers(0, config.max_position + 1)),
-                y=int(rng.integers(0, config.max_position + 1)),
-                vx=0 if still else int(rng.integers(-speed, speed + 1)),
-                vy=0 if still else int(rng.integers(-speed, speed + 1)),
+                x=g * int(rng.integers(0, cells + 1)),
+                y=g * int(rng.integers(0, cells + 1)),
+                vx=0 if still else g * int(rng.integers(-speed, speed + 1)),
+                vy=0 if still else g * int(rng.integers(-speed, speed + 1)),
             )
             if not any(_overlap(obj, o, config.size, config.gap) for o in objects):
                 objects.append(obj)

@@ -1,0 +1,256 @@
+"""What a world model is asked to do, as prompts for the engine and media back.
+
+| task           | prompt                                        | generated                         |
+| -------------- | --------------------------------------------- | --------------------------------- |
+| generate_image | <|bos|> caption <|image|>                     | one image (guided by the caption) |
+| generate_video | <|bos|> caption <|video|>                     | ``frames`` frames                 |
+| caption        | <|bos|> image                                 | text up to <|eos|>                |
+| predict        | <|bos|> <|video|> context frames              | the next frames                   |
+| rollout        | <|bos|> <|video|> frame <|eof|>, then actions | one frame after each action       |
+| ask            | <|bos|> image or video, question <|sep|>      | the answer up to <|eos|>          |
+
+The prompts are the training documents of ``ringworld.world.tasks`` cut where the answer starts,
+so a model trained on the world mixture answers in the form it learned. Guidance's unconditional
+prompt is what caption dropout trained: the same prompt without its caption.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from ringworld.documents import Document, Image, Text, Video
+from ringworld.infer.engine import GREEDY, Engine, Sampling
+from ringworld.jobs.tokenizer import tokenizer_world
+from ringworld.tokens.bundle import load_codec
+from ringworld.train.checkpoint import load_model, read_config
+from ringworld.world.sim import WorldConfig
+
+DEFAULT_GUIDANCE = 3.0
+
+
+@dataclass
+class WorldModel:
+    """A checkpoint ready to answer: the engine, its codec and the world its tokenizer knows."""
+
+    engine: Engine
+    world: WorldConfig
+    checkpoint: Path
+    video_frames: int = 4  # frames in the videos it was trained on: the longest it makes in one go
+
+    @property
+    def codec(self):
+        return self.engine.codec
+
+    @property
+    def frame_size(self) -> int:
+        return self.engine.codec.vision.frame_size
+
+
+def load_world_model(run: str | Path, device: str | torch.device | None = None, *, compile: bool = False) -> WorldModel:
+    """The latest checkpoint of a run (or a checkpoint directory), on ``device``."""
+    from ringworld.parallel.mesh import default_device
+
+    device = torch.device(device) if device is not None else default_device()
+    model, checkpoint = load_model(run, device)
+    codec = load_codec(checkpoint / "tokenizer", device=device)
+    frames = int(read_config(checkpoint)["train"].get("video_frames", 4))
+    engine = Engine(model, codec, compile=compile)
+    return WorldModel(engine, tokenizer_world(checkpoint / "tokenizer"), checkpoint, max(2, frames))
+
+
+def _prompt(wm: WorldModel, doc: Document, drop: int = 1) -> np.ndarray:
+    """The ids of ``doc`` without its last ``drop`` ids (its <|eos|> and any closing tags)."""
+    return wm.codec.encode(doc).ids[:-drop]
+
+
+def _special(wm: WorldModel, name: str) -> int:
+    return wm.codec.vocab.special(name)
+
+
+def _batches(n: int, size: int):
+    for start in range(0, n, size):
+        yield slice(start, min(n, start + size))
+
+
+def _decoded_media(wm: WorldModel, ids: np.ndarray, kind: type) -> np.ndarray:
+    """Pixels of the last image or video in ``ids`` (read leniently; constrained spans always parse)."""
+    segments = wm.codec.decode(ids, lenient=True).segments
+    media = [s for s in segments if isinstance(s, kind)]
+    if not media:
+        raise RuntimeError(f"the model produced no {kind.__name__.lower()}; this is a bug in constrained decoding")
+    return wm.codec.decode_pixels([media[-1]])[0].pixels
+
+
+def generate_images(
+    wm: WorldModel,
+    captions: Sequence[str],
+    *,
+    guidance: float = DEFAULT_GUIDANCE,
+    sampling: Sampling = GREEDY,
+    batch_size: int = 64,
+) -> np.ndarray:
+    """One image per caption: (N, H, W, 3) uint8."""
+    opener = [_special(wm, "<|image|>")]
+    uncond = np.array([_special(wm, "<|bos|>"), *opener])
+    h, w = wm.codec.grid
+    out = []
+    for part in _batches(len(captions), batch_size):
+        prompts = [np.r_[_prompt(wm, [Text(c)]), opener] for c in captions[part]]
+        gen = wm.engine.generate(
+            prompts,
+            max_new_tokens=h * (w + 1) + 1,
+            sampling=sampling,
+            guidance=guidance,
+            uncond_prompts=[uncond] * len(prompts),
+            stop=[_special(wm, "<|/image|>")],
+        )
+        out += [_decoded_media(wm, np.r_[p, t], Image) for p, t in zip(prompts, gen.tokens, strict=True)]
+    return np.stack(out)
+
+
+def generate_videos(
+    wm: WorldModel,
+    captions: Sequence[str],
+    frames: int,
+    *,
+    guidance: float = DEFAULT_GUIDANCE,
+    sampling: Sampling = GREEDY,
+    batch_size: int = 64,
+) -> np.ndarray:
+    """One video of ``frames`` frames per caption: (N, T, H, W, 3) uint8. Past the length the
+    model was trained on, the video goes on as a rollout (``predict``) from its last frames."""
+    first = min(frames, wm.video_frames)
+    opener = [_special(wm, "<|video|>")]
+    uncond = np.array([_special(wm, "<|bos|>"), *opener])
+    h, w = wm.codec.grid
+    out = []
+    for part in _batches(len(captions), batch_size):
+        prompts = [np.r_[_prompt(wm, [Text(c)]), opener] for c in captions[part]]
+        gen = wm.engine.generate(
+            prompts,
+            max_new_tokens=first * (h * (w + 1) + 1) + 1,
+            sampling=sampling,
+            guidance=guidance,
+            uncond_prompts=[uncond] * len(prompts),
+            video_frames=first,
+            stop=[_special(wm, "<|/video|>")],
+        )
+        out += [_decoded_media(wm, np.r_[p, t], Video) for p, t in zip(prompts, gen.tokens, strict=True)]
+    videos = np.stack(out)
+    if frames > first:
+        videos = np.concatenate([videos, predict(wm, videos, frames - first, sampling=sampling)], axis=1)
+    return videos
+
+
+def _text_answers(wm: WorldModel, prompts: list[np.ndarray], max_new_tokens: int, batch_size: int) -> list[str]:
+    out = []
+    for part in _batches(len(prompts), batch_size):
+        gen = wm.engine.generate(prompts[part], max_new_tokens=max_new_tokens)
+        for p, t in zip(prompts[part], gen.tokens, strict=True):
+            segments = wm.codec.decode(np.r_[p, t], lenient=True).segments
+            texts = [s.text for s in segments if isinstance(s, Text)]
+            out.append(texts[-1].strip() if texts and t.size and wm.codec.vocab.is_text(int(t[0])) else "")
+    return out
+
+
+def caption_images(wm: WorldModel, images: np.ndarray, *, max_new_tokens: int = 64, batch_size: int = 64) -> list[str]:
+    """A caption for each image (N, H, W, 3) uint8."""
+    prompts = [_prompt(wm, [Image(pixels=image)]) for image in images]
+    return _text_answers(wm, prompts, max_new_tokens, batch_size)
+
+
+def answer(
+    wm: WorldModel,
+    media: Sequence[np.ndarray],
+    questions: Sequence[str],
+    *,
+    max_new_tokens: int = 16,
+    batch_size: int = 64,
+) -> list[str]:
+    """The answer to each question about an image (H, W, 3) or a video (T, H, W, 3)."""
+    if len(media) != len(questions):
+        raise ValueError(f"{len(media)} images/videos but {len(questions)} questions")
+    sep = [_special(wm, "<|sep|>")]
+    prompts = []
+    for seen, q in zip(media, questions, strict=True):
+        segment = Image(pixels=seen) if seen.ndim == 3 else Video(pixels=seen)
+        prompts.append(np.r_[_prompt(wm, [segment, Text(q)]), sep])
+    return _text_answers(wm, prompts, max_new_tokens, batch_size)
+
+
+def predict(
+    wm: WorldModel,
+    clips: np.ndarray,
+    steps: int,
+    *,
+    sampling: Sampling = GREEDY,
+    batch_size: int = 64,
+) -> np.ndarray:
+    """The ``steps`` frames after each clip (N, T, H, W, 3): (N, steps, H, W, 3) uint8.
+
+    The model sees at most the last ``video_frames - 1`` frames (the videos it was trained on
+    are that long with one to predict) and the window slides on as frames are made."""
+    h, w = wm.codec.grid
+    frames = clips
+    while frames.shape[1] < clips.shape[1] + steps:
+        context = frames[:, -(wm.video_frames - 1) :]
+        n = min(wm.video_frames - context.shape[1], clips.shape[1] + steps - frames.shape[1])
+        out = []
+        for part in _batches(len(clips), batch_size):
+            # a video's ids end <|/video|> <|eos|>: cut both to leave it open after its last <|eof|>
+            prompts = [_prompt(wm, [Video(pixels=clip)], drop=2) for clip in context[part]]
+            gen = wm.engine.generate(
+                prompts,
+                max_new_tokens=n * (h * (w + 1) + 1) + 1,
+                sampling=sampling,
+                video_frames=context.shape[1] + n,
+                stop=[_special(wm, "<|/video|>")],
+            )
+            out += [
+                _decoded_media(wm, np.r_[p, t], Video)[context.shape[1] :]
+                for p, t in zip(prompts, gen.tokens, strict=True)
+            ]
+        frames = np.concatenate([frames, np.stack(out)], axis=1)
+    return frames[:, clips.shape[1] :]
+
+
+def rollout(
+    wm: WorldModel,
+    frames: np.ndarray,
+    actions: Sequence[Sequence[str]],
+    *,
+    sampling: Sampling = GREEDY,
+    batch_size: int = 64,
+) -> np.ndarray:
+    """Play ``actions[i]`` from frame ``frames[i]`` (N, H, W, 3): the frame after each action,
+    (N, A, H, W, 3) uint8. Every row takes the same number of actions. Longer plays than the
+    trained videos go in chunks, each starting from the last frame made."""
+    if len({len(a) for a in actions}) > 1:
+        raise ValueError("every rollout takes the same number of actions")
+    if len(frames) != len(actions):
+        raise ValueError(f"{len(frames)} start frames but {len(actions)} action lists")
+    h, w = wm.codec.grid
+    vocab = wm.codec.vocab
+    ids = np.array([[vocab.action_id(a) for a in acts] for acts in actions]).reshape(len(actions), -1)
+    made = [frames[:, None]]
+    for start in range(0, ids.shape[1], wm.video_frames - 1):
+        chunk = ids[:, start : start + wm.video_frames - 1]
+        out = []
+        for part in _batches(len(frames), batch_size):
+            prompts = [_prompt(wm, [Video(pixels=frame[None])], drop=2) for frame in made[-1][part, -1]]
+            gen = wm.engine.generate(
+                prompts,
+                max_new_tokens=chunk.shape[1] * (h * (w + 1) + 2) + 1,
+                sampling=sampling,
+                video_frames=1 + chunk.shape[1],
+                video_actions=chunk[part].tolist(),
+                stop=[_special(wm, "<|/video|>")],
+            )
+            out += [_decoded_media(wm, np.r_[p, t], Video)[1:] for p, t in zip(prompts, gen.tokens, strict=True)]
+        made.append(np.stack(out))
+    return np.concatenate(made[1:], axis=1)

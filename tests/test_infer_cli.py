@@ -1,0 +1,124 @@
+"""End to end on a tiny run: a few training steps, then every inference command and the evaluation."""
+
+import json
+import re
+
+import numpy as np
+import pytest
+
+from ringworld.cli import main
+from ringworld.eval.world import caption_matches, scene_matches, video_matches
+from ringworld.media import read_image, read_video, write_gif, write_image
+from ringworld.train.config import TrainConfig
+from ringworld.train.loop import train
+from ringworld.world.oracle import parse_frame, parse_frames
+from ringworld.world.sim import Obj, State, WorldConfig, random_state, render, rollout
+
+pytestmark = pytest.mark.slow
+
+FRAME = 32
+
+
+@pytest.fixture(scope="module")
+def run(world_tokenizer_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("tiny_run") / "run"
+    cfg = TrainConfig(
+        out=str(out),
+        tokenizer=str(world_tokenizer_dir),
+        depth=1,
+        seq_len=256,
+        video_frames=3,
+        batch_size=2,
+        steps=3,
+        warmup=1,
+        tensorboard=False,
+        compile=False,
+    )
+    train(cfg, progress=False)
+    return out
+
+
+def test_generate_image_and_video(run, tmp_path):
+    image = tmp_path / "img.png"
+    assert (
+        main(["generate", "image", "a red circle in the top left", "--checkpoint", str(run), "--out", str(image)]) == 0
+    )
+    assert read_image(image).shape == (FRAME * 4, FRAME * 4, 3)
+    clip = tmp_path / "clip.gif"
+    args = ["generate", "video", "a blue square moving right", "--frames", "5", "--checkpoint", str(run)]
+    assert main([*args, "--out", str(clip), "--scale", "1", "--temperature", "1", "--top-k", "20"]) == 0
+    assert read_video(clip).shape == (5, FRAME, FRAME, 3)  # 3 frames in one go (as trained), 2 more by rollout
+
+
+def test_caption_predict_ask_and_resize_notice(run, tmp_path, capsys):
+    frames = render(rollout(random_state(np.random.default_rng(0), agent=True), 2))
+    big = tmp_path / "big.png"
+    write_image(big, frames[0], scale=2)  # 64x64: fitted with a notice
+    assert main(["caption", str(big), "--checkpoint", str(run)]) == 0
+    captured = capsys.readouterr()
+    assert "resized to 32x32" in captured.err
+    clip = tmp_path / "clip.gif"
+    write_gif(clip, frames)
+    future = tmp_path / "future.gif"
+    args = ["predict", str(clip), "--actions", "right,right,up,left", "--checkpoint", str(run), "--scale", "1"]
+    assert main([*args, "--out", str(future)]) == 0
+    assert "4 frames after right,right,up,left" in capsys.readouterr().out
+    steps = tmp_path / "steps.gif"
+    assert main(["predict", str(clip), "--steps", "2", "--checkpoint", str(run), "--out", str(steps)]) == 0
+    assert main(["ask", str(clip), "what colour is the square?", "--checkpoint", str(run)]) == 0
+    capsys.readouterr()
+
+
+def test_bad_inputs_get_clear_errors(run, tmp_path, capsys):
+    junk = tmp_path / "junk.png"
+    junk.write_bytes(b"not a png")
+    assert main(["caption", str(junk), "--checkpoint", str(run)]) == 2
+    assert "cannot read image" in capsys.readouterr().err
+    assert main(["caption", str(tmp_path / "x.txt"), "--checkpoint", str(run)]) == 2
+    assert "not an image or video suffix" in capsys.readouterr().err
+    assert main(["caption", str(junk), "--checkpoint", str(tmp_path / "nowhere")]) == 2
+    assert "neither a checkpoint" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["predict", str(junk), "--actions", "jump", "--checkpoint", str(run), "--out", "x.gif"])
+
+
+def test_eval_writes_every_metric_and_a_report(run, tmp_path, capsys):
+    out = tmp_path / "eval.json"
+    report = tmp_path / "report"
+    args = ["eval", "--checkpoint", str(run), "--json", str(out), "--report", str(report)]
+    assert main([*args, "--samples", "3", "--horizon", "3"]) == 0
+    metrics = json.loads(out.read_text())
+    for key in ("t2i_accuracy", "caption_accuracy", "t2v_accuracy", "action_accuracy", "qa_accuracy"):
+        assert 0.0 <= metrics[key] <= 1.0
+    assert len(metrics["predict_accuracy"]) == 3 and len(metrics["action_accuracy_per_step"]) == 3
+    assert metrics["perplexity_text"] > 1 and metrics["perplexity_vision"] > 1 and metrics["tokenizer_psnr"] > 0
+    page = (report / "report.html").read_text()
+    linked = re.findall(r"src='([^']+)'", page)
+    assert linked and all((report / name).exists() for name in linked)
+    assert {"loss.png", "horizon.png"} <= set(linked)
+
+
+# the judges, on worlds whose answers are known --------------------------------------------------
+WORLD = WorldConfig()
+
+
+def test_scene_and_caption_judges_accept_the_truth_and_reject_changes():
+    state = State((Obj("red", "circle", 0, 0), Obj("blue", "square", 24, 24)))
+    seen = parse_frame(render(state))
+    assert scene_matches(seen, state.objects, WORLD)
+    moved = State((Obj("red", "circle", 24, 0), Obj("blue", "square", 24, 24)))
+    assert not scene_matches(parse_frame(render(moved)), state.objects, WORLD)  # top right, not top left
+    assert not scene_matches(seen[:1], state.objects, WORLD)  # one object missing
+    assert caption_matches("A red circle in the top left and a blue square near the bottom right.", state)
+    assert not caption_matches("A red circle in the top left.", state)
+    assert not caption_matches("A red square in the top left and a blue square near the bottom right.", state)
+
+
+def test_video_judge_wants_the_true_first_move():
+    state = State((Obj("green", "triangle", 12, 12, vx=4, vy=0),))
+    states = rollout(state, 2)
+    frames = render(states)
+    assert video_matches(frames, states, WORLD)
+    still = np.stack([frames[0]] * 3)
+    assert not video_matches(still, states, WORLD)
+    assert len(parse_frames(frames, WORLD)) == 3
