@@ -50,13 +50,18 @@ def _world_args(p: argparse.ArgumentParser) -> None:
         default=0,
         help="positions and speeds are multiples of this many pixels; 0 = half a sprite, 1 = any pixel (default: 0)",
     )
+    p.add_argument("--gap", type=int, default=1, help="pixels objects keep between them (default: 1)")
 
 
 def _world_config(args: argparse.Namespace):
     from ringworld.world.sim import WorldConfig
 
     return WorldConfig(
-        frame_size=args.frame_size, max_objects=args.max_objects, object_size=args.object_size, snap=args.snap
+        frame_size=args.frame_size,
+        max_objects=args.max_objects,
+        object_size=args.object_size,
+        snap=args.snap,
+        gap=args.gap,
     )
 
 

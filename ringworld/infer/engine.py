@@ -197,10 +197,21 @@ class Engine:
         self.grammar = SpanGrammar(codec, self.device)
         self.pad = codec.vocab.special("<|pad|>")
         self._forward = torch.compile(self._decode_step, dynamic=False) if compile else self._decode_step
-        self._compiled = compile
 
-    def _decode_step(self, ids: torch.Tensor, positions: torch.Tensor, cache: KVCache) -> torch.Tensor:
-        return self.model(ids, positions=positions, cache=cache)[:, -1].float()  # (B, V)
+    def _decode_step(
+        self,
+        tokens: torch.Tensor,  # (R,) the tokens just chosen
+        at: torch.Tensor,  # (1,) the slot they go to
+        slot: torch.Tensor,  # (S,) 0..S-1
+        valid: torch.Tensor,  # (R, S) slots holding real tokens
+        pad_len: torch.Tensor,  # (R,) left padding of each row
+        cache: KVCache,
+    ) -> torch.Tensor:  # (R, V) logits for the next token
+        """One token per row through the model. Every step attends over the whole cache under its
+        mask, so the shapes never change and the compiled step is compiled once."""
+        visible = valid[:, None, None, :] & (slot <= at)[None, None, None, :]  # (R, 1, 1, S)
+        positions = (at - pad_len)[:, None]  # (R, 1)
+        return self.model(tokens[:, None], positions=positions, cache=cache.at(at, visible))[:, -1].float()
 
     @torch.inference_mode()
     def generate(
@@ -303,12 +314,8 @@ class Engine:
             if t + 1 == max_new_tokens or ((t + 1) % sync_every == 0 and bool(done.all())):
                 lengths = lengths.clamp(max=t + 1)
                 break
-            s = length + t  # the slot this token goes to
             fed = token.repeat(2) if guided else token  # (R,)
-            seen = s + 1 if not self._compiled else total  # static shapes when compiled
-            visible = valid[:, None, None, :seen] & (slot[None, None, None, :seen] <= s)  # (R, 1, 1, seen)
-            positions = (s - pad_len)[:, None]  # (R, 1)
-            logits = self._forward(fed[:, None], positions, cache.at(slot[s : s + 1], visible))
+            logits = self._forward(fed, slot[length + t : length + t + 1], slot, valid, pad_len, cache)
 
         tokens = [row[:end] for row, end in zip(new.cpu().numpy(), lengths.tolist(), strict=True)]
         return Generation(tokens, torch.stack(kept, 1) if return_logits else None)

@@ -49,14 +49,14 @@ class DemoConfig:
     seed: int = 0
     world: WorldConfig = DEMO_WORLD
     vision: VisionConfig = DEMO_VISION
-    tokenizer_seconds: float = 75.0  # the vision tokenizer's budget: enough for exact reconstructions
+    tokenizer_seconds: float = 60.0  # the vision tokenizer's budget: enough for exact reconstructions
     tokenizer_lr: float = 3e-3
-    train_seconds: float = 600.0  # the world model's training budget
+    train_seconds: float = 690.0  # the world model's training budget: what the 15 minutes leave
     samples: int = 100  # eval episodes per task
     preset: str = "tiny"
     seq_len: int = 512  # world documents are 40-300 tokens: short rows waste no attention
     batch_size: int = 4
-    lr: float = 5e-3
+    lr: float = 3e-3
     video_frames: int = 3  # two frames show every velocity; the third is what is predicted
     tasks: dict[str, float] = field(default_factory=lambda: dict(DEMO_TASKS))
 
