@@ -26,7 +26,7 @@ def run(world_tokenizer_dir, tmp_path_factory):
         out=str(out),
         tokenizer=str(world_tokenizer_dir),
         depth=1,
-        seq_len=256,
+        seq_len=512,  # the context must hold a caption and a 3-frame video of 32 px frames
         video_frames=3,
         batch_size=2,
         steps=3,

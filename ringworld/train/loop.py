@@ -193,7 +193,8 @@ def _train(cfg: TrainConfig, d: Distributed, *, resume: bool, stop_at: int | Non
     end = min(cfg.steps, stop_at) if stop_at is not None else cfg.steps
     history: list[dict] = []
     checkpoint = resume_from
-    bar = tqdm(total=cfg.steps, initial=start, desc="train", unit="step", disable=not (progress and d.is_main))
+    total = None if cfg.max_seconds else cfg.steps  # under a time budget, a step count would promise a false ETA
+    bar = tqdm(total=total, initial=start, desc="train", unit="step", disable=not (progress and d.is_main))
     if start == 0 and progress and d.is_main:  # tqdm.write prints even from a disabled bar
         bar.write(f"{model_cfg.num_params() / 1e6:.1f}M weights, {d.world_size} process(es) on {d.device}")
     model.train()
