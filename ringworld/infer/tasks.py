@@ -86,6 +86,38 @@ def _decoded_media(wm: WorldModel, ids: np.ndarray, kind: type) -> np.ndarray:
     return wm.codec.decode_pixels([media[-1]])[0].pixels
 
 
+def _from_captions(
+    wm: WorldModel,
+    captions: Sequence[str],
+    kind: type,
+    frames: int,
+    *,
+    guidance: float,
+    sampling: Sampling,
+    batch_size: int,
+) -> np.ndarray:
+    """An image (``kind`` Image, frames 1) or a video of ``frames`` frames per caption, guided
+    against the caption-less prompt; (N, H, W, 3) or (N, T, H, W, 3) uint8."""
+    video = kind is Video
+    opener = [_special(wm, "<|video|>" if video else "<|image|>")]
+    uncond = np.array([_special(wm, "<|bos|>"), *opener])
+    h, w = wm.codec.grid
+    out = []
+    for part in _batches(len(captions), batch_size):
+        prompts = [np.r_[_prompt(wm, [Text(c)]), opener] for c in captions[part]]
+        gen = wm.engine.generate(
+            prompts,
+            max_new_tokens=frames * (h * (w + 1) + video) + 1,  # a video's frames each end in <|eof|>
+            sampling=sampling,
+            guidance=guidance,
+            uncond_prompts=[uncond] * len(prompts),
+            video_frames=frames if video else 0,
+            stop=[_special(wm, "<|/video|>" if video else "<|/image|>")],
+        )
+        out += [_decoded_media(wm, np.r_[p, t], kind) for p, t in zip(prompts, gen.tokens, strict=True)]
+    return np.stack(out)
+
+
 def generate_images(
     wm: WorldModel,
     captions: Sequence[str],
@@ -95,22 +127,7 @@ def generate_images(
     batch_size: int = 64,
 ) -> np.ndarray:
     """One image per caption: (N, H, W, 3) uint8."""
-    opener = [_special(wm, "<|image|>")]
-    uncond = np.array([_special(wm, "<|bos|>"), *opener])
-    h, w = wm.codec.grid
-    out = []
-    for part in _batches(len(captions), batch_size):
-        prompts = [np.r_[_prompt(wm, [Text(c)]), opener] for c in captions[part]]
-        gen = wm.engine.generate(
-            prompts,
-            max_new_tokens=h * (w + 1) + 1,
-            sampling=sampling,
-            guidance=guidance,
-            uncond_prompts=[uncond] * len(prompts),
-            stop=[_special(wm, "<|/image|>")],
-        )
-        out += [_decoded_media(wm, np.r_[p, t], Image) for p, t in zip(prompts, gen.tokens, strict=True)]
-    return np.stack(out)
+    return _from_captions(wm, captions, Image, 1, guidance=guidance, sampling=sampling, batch_size=batch_size)
 
 
 def generate_videos(
@@ -125,23 +142,7 @@ def generate_videos(
     """One video of ``frames`` frames per caption: (N, T, H, W, 3) uint8. Past the length the
     model was trained on, the video goes on as a rollout (``predict``) from its last frames."""
     first = min(frames, wm.video_frames)
-    opener = [_special(wm, "<|video|>")]
-    uncond = np.array([_special(wm, "<|bos|>"), *opener])
-    h, w = wm.codec.grid
-    out = []
-    for part in _batches(len(captions), batch_size):
-        prompts = [np.r_[_prompt(wm, [Text(c)]), opener] for c in captions[part]]
-        gen = wm.engine.generate(
-            prompts,
-            max_new_tokens=first * (h * (w + 1) + 1) + 1,
-            sampling=sampling,
-            guidance=guidance,
-            uncond_prompts=[uncond] * len(prompts),
-            video_frames=first,
-            stop=[_special(wm, "<|/video|>")],
-        )
-        out += [_decoded_media(wm, np.r_[p, t], Video) for p, t in zip(prompts, gen.tokens, strict=True)]
-    videos = np.stack(out)
+    videos = _from_captions(wm, captions, Video, first, guidance=guidance, sampling=sampling, batch_size=batch_size)
     if frames > first:
         videos = np.concatenate([videos, predict(wm, videos, frames - first, sampling=sampling)], axis=1)
     return videos
