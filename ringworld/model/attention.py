@@ -10,11 +10,14 @@ table in docs/results.md):
 |               | length), plain causal SDPA, scatter back: no masked-out work   |                   |
 | ``mask``      | SDPA with a (B, 1, T, T) boolean mask                          | CPU, short rows   |
 | ``flex``      | FlexAttention with a BlockMask (compiled, skips empty blocks)  | accelerators      |
+| ``blockwise`` | tiled online softmax in plain PyTorch (``model/blockwise.py``) | asked for         |
+| ``ring``      | RingAttention over a context-parallel group                    | a CP group is set |
 
 On a 2-core CPU, ``documents`` is 1.3x (512 tokens) to 13x (4K tokens of world documents) faster
 than the mask in training; compiled Flex lost to both there (and has no CPU backward). Rows that
-are one document each (or no ``segment_ids``) take plain causal SDPA. Ring attention (context
-parallel) plugs in here too, so the model never knows which it got.
+are one document each (or no ``segment_ids``) take plain causal SDPA. When the model's rows are
+zigzag shards of longer rows (``Transformer.context_parallel`` set by ``ringworld.parallel``),
+every layer's attention goes round the ring instead, so the model never knows which it got.
 """
 
 from __future__ import annotations
@@ -23,8 +26,13 @@ from dataclasses import dataclass
 
 import torch
 import torch.nn.functional as F
+from torch.distributed import ProcessGroup
 from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
 
+from ringworld.model.blockwise import blockwise_attention
+from ringworld.parallel.ring import ring_attention
+
+KERNELS = ("documents", "flex", "mask", "blockwise")
 DOCUMENTS_MIN_LEN_CPU = 512  # below this the boolean mask was as fast or faster (bench/attention.py)
 BUCKET = 64  # documents are gathered into rows padded to a multiple of this many tokens
 
@@ -89,11 +97,12 @@ class _Gather(torch.autograd.Function):
 
 @dataclass
 class DocumentMask:
-    """Causal-within-document masking for one batch of rows, built once and shared by every layer."""
+    """How one batch of rows attends (causal, within documents), built once and shared by every layer."""
 
-    segment_ids: torch.Tensor  # (B, T) int; equal ids = same document
-    kernel: str  # "documents", "flex" or "mask"
-    mask: DocumentBuckets | BlockMask | torch.Tensor  # per kernel; the tensor is (B, 1, T, T) bool
+    segment_ids: torch.Tensor | None  # (B, T) int; equal ids = same document; None: one document a row
+    kernel: str  # "documents", "flex", "mask", "blockwise" or "ring"
+    # per kernel: buckets, a BlockMask, a (B, 1, T, T) bool tensor, nothing, or the ring's group
+    mask: DocumentBuckets | BlockMask | torch.Tensor | ProcessGroup | None
 
 
 def pick_kernel(device: torch.device, seq_len: int) -> str:
@@ -149,10 +158,17 @@ def _by_document(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, buckets: Doc
     return y.view(B, T, H, hd).transpose(1, 2)
 
 
-def document_mask(segment_ids: torch.Tensor | None, *, kernel: str | None = None) -> DocumentMask | None:
+def document_mask(
+    segment_ids: torch.Tensor | None, *, kernel: str | None = None, ring_group: ProcessGroup | None = None
+) -> DocumentMask | None:
     """The mask for packed rows; None (plain causal attention) without segments or, on the CPU, when
     every row is one document (an accelerator would have to sync to find out: callers that know
-    pass None). ``kernel`` overrides the measured choice (tests and benchmarks)."""
+    pass None). ``kernel`` overrides the measured choice (tests, benchmarks, long rows);
+    ``ring_group`` says the rows are zigzag shards to attend over that context-parallel group."""
+    if ring_group is not None:
+        return DocumentMask(segment_ids, "ring", ring_group)
+    if kernel == "blockwise":
+        return DocumentMask(segment_ids, kernel, None)
     if segment_ids is None:
         return None
     if segment_ids.device.type == "cpu" and bool((segment_ids == segment_ids[:, :1]).all()):
@@ -171,7 +187,7 @@ def document_mask(segment_ids: torch.Tensor | None, *, kernel: str | None = None
         )
         return DocumentMask(segment_ids, kernel, block_mask)
     if kernel != "mask":
-        raise ValueError(f"unknown attention kernel {kernel!r}; kernels are documents, flex and mask")
+        raise ValueError(f"unknown attention kernel {kernel!r}; kernels are {', '.join(KERNELS)}")
     causal = torch.ones(T, T, dtype=torch.bool, device=segment_ids.device).tril()
     same = segment_ids[:, None, :, None] == segment_ids[:, None, None, :]  # (B, 1, T, T)
     return DocumentMask(segment_ids, kernel, same & causal)
@@ -195,6 +211,10 @@ def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: DocumentM
         return _by_document(q, k, v, mask.mask)
     if mask.kernel == "flex":
         return _flex(q, k, v, mask.mask)
+    if mask.kernel == "blockwise":
+        return blockwise_attention(q, k, v, mask.segment_ids)
+    if mask.kernel == "ring":
+        return ring_attention(q, k, v, segment_ids=mask.segment_ids, group=mask.mask)
     return _sdpa(q, k, v, attn_mask=mask.mask)
 
 

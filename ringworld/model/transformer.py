@@ -18,6 +18,7 @@ from dataclasses import asdict, dataclass, fields
 import torch
 import torch.nn.functional as F
 from torch import nn
+from torch.distributed import ProcessGroup
 from torch.utils.checkpoint import checkpoint
 
 from ringworld.model.attention import DocumentMask, attention, cached_attention, document_mask
@@ -273,6 +274,9 @@ class Transformer(nn.Module):
         if cfg.tie_embeddings:
             self.head.weight = self.embed.weight
         self.activation_checkpointing = False  # recompute each block in backward: less memory, ~1/3 more compute
+        self.attention_kernel: str | None = None  # force one (e.g. "blockwise"); None: the measured choice
+        # set by ringworld.parallel: rows are zigzag shards and attention goes round this group's ring
+        self.context_parallel: ProcessGroup | None = None
         self.init_weights()
 
     @torch.no_grad()
@@ -303,9 +307,11 @@ class Transformer(nn.Module):
                 "a cached forward takes no segment_ids: the cache's visible mask says what each token sees"
             )
         if positions is None:
+            if self.context_parallel is not None:
+                raise ValueError("rows sharded for context parallelism need their positions: pass the sharded positions")
             positions = torch.arange(T, device=ids.device)[None]  # (1, T)
         cos, sin = rope_cos_sin(positions, self.cfg.head_dim, self.cfg.rope_theta)
-        mask = document_mask(segment_ids)
+        mask = document_mask(segment_ids, kernel=self.attention_kernel, ring_group=self.context_parallel)
         x = self.embed(ids)  # (B, T, dim)
         for i, layer in enumerate(self.layers):
             if cache is not None:

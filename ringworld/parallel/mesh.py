@@ -2,9 +2,12 @@
 
 ``torchrun --nproc_per_node N -m ringworld train ...`` sets RANK/WORLD_SIZE; ``init_distributed``
 then starts the process group (nccl on CUDA, gloo on CPU, whatever ``torch.accelerator`` offers
-elsewhere) and a 1-D ``DeviceMesh`` named ``dp``. ``build_model`` wraps every block with FSDP2's
-``fully_shard`` and then the root (torchtitan's order), so parameters, gradients and optimizer state
-are sharded across the mesh and each block's weights are gathered only while it runs.
+elsewhere) and lays the N processes out on a 2-D ``DeviceMesh`` ``dp x cp``: ``cp`` processes
+share every row (context parallel, zigzag shards, ring attention) and ``dp`` groups of them take
+different rows. ``build_model`` wraps every block with FSDP2's ``fully_shard`` and then the root
+(torchtitan's order) over all N processes (context-parallel ranks hold the same weights and
+their gradients are summed, exactly like data-parallel ones), so parameters, gradients and
+optimizer state are sharded N ways and each block's weights are gathered only while it runs.
 """
 
 from __future__ import annotations
@@ -29,7 +32,18 @@ class Distributed:
     rank: int = 0
     world_size: int = 1
     device: torch.device = torch.device("cpu")
-    mesh: DeviceMesh | None = None  # None when running as one process
+    mesh: DeviceMesh | None = None  # 1-D over every process (what FSDP shards over); None for one process
+    cp: int = 1  # processes sharing each row (context parallel)
+    cp_group: dist.ProcessGroup | None = None  # this process's context-parallel group, when cp > 1
+
+    @property
+    def dp(self) -> int:
+        """Groups of processes that take different rows."""
+        return self.world_size // self.cp
+
+    @property
+    def dp_rank(self) -> int:
+        return self.rank // self.cp
 
     @property
     def is_main(self) -> bool:
@@ -63,10 +77,16 @@ def default_device(local_rank: int = 0) -> torch.device:
     return torch.device("cpu")
 
 
-def init_distributed(device: str | None = None) -> Distributed:
-    """Join the torchrun group if there is one; otherwise a single process on ``device``."""
+def init_distributed(device: str | None = None, *, cp: int = 1) -> Distributed:
+    """Join the torchrun group if there is one; otherwise a single process on ``device``. ``cp``
+    processes share each row (context parallelism); it must divide the number of processes."""
     world_size = int(os.environ.get("WORLD_SIZE", "1"))
     local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if cp < 1 or world_size % cp:
+        raise ValueError(
+            f"--cp {cp} does not divide the {world_size} process(es); launch a multiple of {cp} processes "
+            f"with torchrun --nproc_per_node (or lower --cp)"
+        )
     dev = torch.device(device) if device else default_device(local_rank)
     if world_size == 1:
         return Distributed(device=dev)
@@ -77,8 +97,10 @@ def init_distributed(device: str | None = None) -> Distributed:
     backend = {"cpu": "gloo", "cuda": "nccl"}.get(dev.type)  # None: let torch pick (xccl, hccl, ...)
     if not dist.is_initialized():
         dist.init_process_group(backend=backend, device_id=dev if dev.type != "cpu" else None)
-    mesh = init_device_mesh(dev.type, (world_size,), mesh_dim_names=("dp",))
-    return Distributed(rank=dist.get_rank(), world_size=world_size, device=dev, mesh=mesh)
+    mesh = init_device_mesh(dev.type, (world_size,), mesh_dim_names=("fsdp",))
+    grid = init_device_mesh(dev.type, (world_size // cp, cp), mesh_dim_names=("dp", "cp"))  # rank = dp x cp + c
+    cp_group = grid.get_group("cp") if cp > 1 else None
+    return Distributed(rank=dist.get_rank(), world_size=world_size, device=dev, mesh=mesh, cp=cp, cp_group=cp_group)
 
 
 def build_model(
@@ -105,6 +127,7 @@ def build_model(
         with torch.device("meta"):
             model = Transformer(cfg)
     model.activation_checkpointing = activation_checkpointing
+    model.context_parallel = d.cp_group
     missing = compile and missing_compiler(d.device)
     if missing:
         if d.is_main:

@@ -58,11 +58,17 @@ def latest_checkpoint(run: str | Path) -> Path | None:
 
 
 def resolve_checkpoint(path: str | Path) -> Path:
-    """A checkpoint directory from either itself or a run directory (its latest checkpoint)."""
+    """A checkpoint directory from itself, a run directory (its latest checkpoint) or a run of
+    context-growth stages (the latest checkpoint of its last stage that has one)."""
     path = Path(path)
     if (path / WEIGHTS).is_file():
         return path
     latest = latest_checkpoint(path)
+    stages = sorted(path.glob("stage_*"), key=lambda p: int(p.name[6:]) if p.name[6:].isdigit() else -1)
+    for stage in reversed(stages if latest is None else []):
+        latest = latest_checkpoint(stage)
+        if latest is not None:
+            break
     if latest is None:
         raise FileNotFoundError(
             f"{path} is neither a checkpoint (no {WEIGHTS}) nor a run with one (no {CHECKPOINTS}/{LATEST}); "

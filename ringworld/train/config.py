@@ -2,10 +2,43 @@
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, field, fields
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
 from typing import TYPE_CHECKING
 
 from ringworld.world.tasks import TASKS
+
+KERNELS = ("blockwise", "documents", "mask", "flex")  # ringworld.model.attention's kernels
+STAGE_KEYS = {"seq_len", "rope_theta", "steps", "batch_size"}
+
+
+def _stage_problems(stage: dict) -> list[str]:
+    missing, unknown = {"seq_len", "rope_theta", "steps"} - set(stage), set(stage) - STAGE_KEYS
+    problems = [f"missing {', '.join(sorted(missing))}"] if missing else []
+    problems += [f"unknown keys {', '.join(sorted(unknown))}"] if unknown else []
+    if not missing and (int(stage["seq_len"]) < 2 or int(stage["steps"]) < 1 or float(stage["rope_theta"]) <= 0):
+        problems.append(f"seq_len >= 2, steps >= 1 and rope_theta > 0 are needed (got {stage})")
+    return problems
+
+
+def parse_stage(text: str) -> dict:
+    """``LEN:THETA:STEPS[:BATCH]`` (LEN may end in k: 16k = 16384) -> a stage dict."""
+    parts = text.split(":")
+    shape = f"a stage looks like 16k:1e6:50 or 16k:1e6:50:2 (length:rope_theta:steps[:batch]); got {text!r}"
+    if len(parts) not in (3, 4):
+        raise ValueError(shape)
+    length = parts[0].lower()
+    try:
+        stage = {
+            "seq_len": int(float(length[:-1]) * 1024) if length.endswith("k") else int(length),
+            "rope_theta": float(parts[1]),
+            "steps": int(parts[2]),
+        }
+        if len(parts) == 4:
+            stage["batch_size"] = int(parts[3])
+    except ValueError:
+        raise ValueError(shape) from None
+    return stage
 
 if TYPE_CHECKING:
     from ringworld.model.transformer import ModelConfig
@@ -39,6 +72,12 @@ class TrainConfig:
     dtype: str = "auto"  # auto: bf16 autocast on an accelerator, fp32 on the CPU
     compile: bool = True  # torch.compile each block; eager (with a notice) where no compiler is found
     activation_checkpointing: bool = False
+    attention: str = "auto"  # attention kernel: auto (measured choice), blockwise, documents, mask or flex
+    context_parallel: int = 1  # processes sharing each row (ring attention); divides the process count
+    init_from: str = ""  # start from this checkpoint's (or run's) weights, not random ones
+    # progressive context growth: stages run one after another, each starting from the last one's
+    # weights; each a dict of seq_len, rope_theta, steps and optionally batch_size
+    stages: list[dict] = field(default_factory=list)
     log_every: int = 10
     save_every: int = 500
     keep: int = 2
@@ -65,8 +104,36 @@ class TrainConfig:
             )
         if not 0 <= self.min_lr_ratio <= 1 or not all(0 <= b < 1 for b in self.betas):
             problems.append(f"min_lr_ratio and betas lie in [0, 1) (got {self.min_lr_ratio}, {self.betas})")
+        if self.attention not in ("auto", *KERNELS):
+            problems.append(f"attention must be auto or one of {', '.join(KERNELS)} (got {self.attention!r})")
+        if self.context_parallel < 1 or self.seq_len % (2 * self.context_parallel):
+            problems.append(
+                f"--seq-len {self.seq_len} does not split into 2 x {self.context_parallel} equal zigzag chunks "
+                f"for --cp {self.context_parallel}; make it a multiple of {2 * self.context_parallel}"
+            )
+        problems += [f"stage {i + 1}: {p}" for i, stage in enumerate(self.stages) for p in _stage_problems(stage)]
         if problems:
             raise ValueError("bad training config: " + "; ".join(problems))
+
+    def stage_configs(self) -> list[TrainConfig]:
+        """One single-stage config per stage, each in its own run directory ``out/stage_K``."""
+        configs = []
+        for i, stage in enumerate(self.stages):
+            model = {**self.model, "rope_theta": float(stage["rope_theta"])}
+            extra = {"batch_size": int(stage["batch_size"])} if "batch_size" in stage else {}
+            configs.append(
+                replace(
+                    self,
+                    out=str(Path(self.out) / f"stage_{i + 1}"),
+                    seq_len=int(stage["seq_len"]),
+                    steps=int(stage["steps"]),
+                    model=model,
+                    stages=[],
+                    seed=self.seed + i,
+                    **extra,
+                )
+            )
+        return configs
 
     def to_dict(self) -> dict:
         return asdict(self)
@@ -76,10 +143,13 @@ class TrainConfig:
         known = {f.name for f in fields(cls)}
         return cls(**{k: v for k, v in d.items() if k in known})
 
-    def model_config(self, vocab_size: int) -> ModelConfig:
+    def model_config(self, vocab_size: int, base: dict | None = None) -> ModelConfig:
+        """The model to train; ``base`` (a checkpoint's model config, for ``init_from``) fixes its shape."""
         from ringworld.model.transformer import ModelConfig
 
         overrides = {"max_seq_len": self.seq_len, **self.model}
+        if base is not None:
+            return ModelConfig.from_dict({**base, **overrides})
         if self.depth:
             return ModelConfig.from_depth(self.depth, vocab_size, **overrides)
         return ModelConfig.preset(self.preset, vocab_size, **overrides)

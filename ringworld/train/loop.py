@@ -16,7 +16,7 @@ import threading
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import nullcontext
-from dataclasses import dataclass
+from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
 import numpy as np
@@ -30,9 +30,19 @@ from ringworld.io import atomic_directory, atomic_write_text
 from ringworld.jobs.tokenizer import tokenizer_world
 from ringworld.model.transformer import ModelConfig, Transformer
 from ringworld.parallel.mesh import Distributed, build_model, init_distributed, shutdown
+from ringworld.parallel.ring import zigzag_shard
 from ringworld.perf import measured_peak_flops
 from ringworld.tokens.bundle import load_codec
-from ringworld.train.checkpoint import checkpoint_name, latest_checkpoint, load_training_state, save_checkpoint
+from ringworld.train.checkpoint import (
+    check_same_shape,
+    checkpoint_name,
+    latest_checkpoint,
+    load_training_state,
+    load_weights,
+    read_config,
+    resolve_checkpoint,
+    save_checkpoint,
+)
 from ringworld.train.config import TrainConfig
 from ringworld.train.loss import (
     LossWeights,
@@ -127,13 +137,21 @@ def _prepare_run(cfg: TrainConfig, run: Path, resume: bool, d: Distributed) -> P
 
 
 def _global_rows(cfg: TrainConfig, d: Distributed) -> slice:
-    per_rank = cfg.batch_size // d.world_size
-    if cfg.batch_size % (d.world_size * cfg.grad_accum):
+    """The rows of the global batch this process's data-parallel group takes (its cp ranks share them)."""
+    per_group = cfg.batch_size // d.dp
+    if cfg.batch_size % (d.dp * cfg.grad_accum):
         raise ValueError(
-            f"batch size {cfg.batch_size} rows does not split over {d.world_size} process(es) x "
-            f"{cfg.grad_accum} micro-batches; make it a multiple of {d.world_size * cfg.grad_accum}"
+            f"batch size {cfg.batch_size} rows does not split over {d.dp} data-parallel group(s) x "
+            f"{cfg.grad_accum} micro-batches; make it a multiple of {d.dp * cfg.grad_accum}"
         )
-    return slice(d.rank * per_rank, (d.rank + 1) * per_rank)
+    return slice(d.dp_rank * per_group, (d.dp_rank + 1) * per_group)
+
+
+def shard_rows(batch: PackedBatch, d: Distributed) -> PackedBatch:
+    """This process's zigzag slice of every row (tokens, targets, positions, ... alike), for ring attention."""
+    if d.cp_group is None:
+        return batch
+    return PackedBatch(**{f.name: zigzag_shard(getattr(batch, f.name), 1, d.cp_group) for f in fields(batch)})
 
 
 def train(
@@ -144,19 +162,47 @@ def train(
     device: str | None = None,
     progress: bool = True,
 ) -> TrainResult:
-    """Train (or resume) the run ``cfg.out``; ``stop_at`` ends early at that step, with a checkpoint."""
-    d = init_distributed(device)
+    """Train (or resume) the run ``cfg.out``; ``stop_at`` ends early at that step, with a checkpoint.
+    A config with ``stages`` trains each stage in ``out/stage_K`` (see ``train_stages``)."""
+    d = init_distributed(device, cp=cfg.context_parallel)
     try:
+        if cfg.stages:
+            return train_stages(cfg, d, resume=resume, progress=progress)
         return _train(cfg, d, resume=resume, stop_at=stop_at, progress=progress)
     finally:
         shutdown(d)
 
 
+def train_stages(cfg: TrainConfig, d: Distributed, *, resume: bool, progress: bool) -> TrainResult:
+    """Progressive context growth (LWM): each stage (its own length, RoPE theta and steps) is a run of
+    its own in ``out/stage_K`` that starts from the previous stage's last weights (the first from
+    ``init_from``, if given). Resuming finishes the stage in progress and runs the rest."""
+    history: list[dict] = []
+    result = None
+    init_from = cfg.init_from
+    for stage in cfg.stage_configs():
+        latest = latest_checkpoint(stage.out)
+        done = latest is not None and json.loads((latest / "trainer_state.json").read_text())["step"] >= stage.steps
+        if not done:
+            if d.is_main and progress:
+                print(f"stage {stage.out}: {stage.seq_len} tokens a row, RoPE theta {stage.model['rope_theta']:g}, "
+                      f"{stage.steps} steps")
+            stage = replace(stage, init_from=init_from)
+            result = _train(stage, d, resume=resume and latest is not None, stop_at=None, progress=progress)
+            history += result.history
+        init_from = stage.out
+    last = latest_checkpoint(cfg.stage_configs()[-1].out)
+    return TrainResult(Path(cfg.out), last, history, d.is_main)
+
+
 def _train(cfg: TrainConfig, d: Distributed, *, resume: bool, stop_at: int | None, progress: bool) -> TrainResult:
     run = Path(cfg.out)
+    init = resolve_checkpoint(cfg.init_from) if cfg.init_from else None
+    if init is not None and not cfg.tokenizer:
+        cfg = replace(cfg, tokenizer=str(init / "tokenizer"))
     resume_from = _prepare_run(cfg, run, resume, d)
     codec = load_codec(run / "tokenizer")
-    model_cfg = cfg.model_config(codec.vocab.size)
+    model_cfg = cfg.model_config(codec.vocab.size, base=read_config(init)["model"] if init is not None else None)
     bf16 = cfg.dtype == "bf16" or (cfg.dtype == "auto" and d.device.type != "cpu")
     model = build_model(
         model_cfg,
@@ -166,6 +212,10 @@ def _train(cfg: TrainConfig, d: Distributed, *, resume: bool, stop_at: int | Non
         compile=cfg.compile,
         param_dtype=torch.bfloat16 if bf16 else None,
     )
+    model.attention_kernel = None if cfg.attention == "auto" else cfg.attention
+    if init is not None and resume_from is None:
+        check_same_shape(init, model_cfg)
+        load_weights(init, model, d)
     optimizer = make_optimizer(model, cfg, d.device)
     source = make_source(cfg, codec, tokenizer_world(run / "tokenizer"))
     rows = _global_rows(cfg, d)
@@ -196,7 +246,8 @@ def _train(cfg: TrainConfig, d: Distributed, *, resume: bool, stop_at: int | Non
     total = None if cfg.max_seconds else cfg.steps  # under a time budget, a step count would promise a false ETA
     bar = tqdm(total=total, initial=start, desc="train", unit="step", disable=not (progress and d.is_main))
     if start == 0 and progress and d.is_main:  # tqdm.write prints even from a disabled bar
-        bar.write(f"{model_cfg.num_params() / 1e6:.1f}M weights, {d.world_size} process(es) on {d.device}")
+        layout = f" (dp {d.dp} x cp {d.cp})" if d.cp > 1 else ""
+        bar.write(f"{model_cfg.num_params() / 1e6:.1f}M weights, {d.world_size} process(es){layout} on {d.device}")
     model.train()
     step = start
     window = {"tokens": 0, "flops": 0.0, "start": time.perf_counter()}
@@ -212,14 +263,14 @@ def _train(cfg: TrainConfig, d: Distributed, *, resume: bool, stop_at: int | Non
             lr = lr_at(cfg, step, elapsed)
             for group in optimizer.param_groups:
                 group["lr"] = lr
-            batch = batches.next()
-            sums, counts, grad_norm = train_step(model, optimizer, batch, cfg, weights, d, autocast)
+            batch = batches.next()  # this data-parallel group's whole rows
+            real, flops = batch.num_real_tokens() * d.dp, useful_flops(model_cfg, batch) * d.dp
+            sums, counts, grad_norm = train_step(model, optimizer, shard_rows(batch, d), cfg, weights, d, autocast)
             step += 1
             elapsed += time.perf_counter() - t0
-            real = batch.num_real_tokens() * d.world_size
             tokens_seen += real
             window["tokens"] += real
-            window["flops"] += useful_flops(model_cfg, batch) * d.world_size
+            window["flops"] += flops
             record = {"step": step, "loss": float(balanced_loss(sums, counts, weights))}
             record |= {f"{name}_loss": value for name, value in per_modality_means(sums, counts).items()}
             record |= {"lr": lr, "grad_norm": grad_norm}
@@ -319,7 +370,7 @@ class _StopRequest:
 def train_step(
     model: Transformer,
     optimizer: torch.optim.Optimizer,
-    batch: PackedBatch,  # this rank's rows of the global batch, on the CPU
+    batch: PackedBatch,  # this rank's rows of the global batch (its zigzag slices under cp), on the CPU
     cfg: TrainConfig,
     weights: LossWeights,
     d: Distributed,
@@ -333,8 +384,9 @@ def train_step(
     sums = torch.zeros_like(counts, dtype=torch.float32)
     for i in range(cfg.grad_accum):
         mb = batch.rows(slice(i * micro, (i + 1) * micro))
-        # decided on the CPU copy, so the model never syncs an accelerator to ask
-        one_document_rows = bool((mb.segment_ids == mb.segment_ids[:, :1]).all())
+        # decided on the CPU copy, so the model never syncs an accelerator to ask; a ring's ranks must
+        # agree, so under context parallelism segments always go
+        one_document_rows = d.cp_group is None and bool((mb.segment_ids == mb.segment_ids[:, :1]).all())
         mb = mb.to(d.device)
         if d.mesh is not None:
             model.set_requires_gradient_sync(i == cfg.grad_accum - 1)
