@@ -1,7 +1,7 @@
 """Run by ``torchrun`` from tests/test_ring.py: ring attention and a context-parallel training step
 against single-process references, on every rank; writes the largest differences as JSON.
 
-    python -m torch.distributed.run --standalone --nproc_per_node N tests/ring_worker.py OUT.json
+    python -m torch.distributed.run --standalone --nproc_per_node N tests/ring_worker.py OUT.json TOKENIZER_DIR
 """
 
 from __future__ import annotations
@@ -118,11 +118,30 @@ def model_step(group) -> dict:
     return {"model_step": {"loss": errors.pop("loss"), "grads": max(errors.values())}}
 
 
+def ring_prefill(group, tokenizer: str) -> dict:
+    """Greedy generation with prompts prefilled through the ring, against one process's engine."""
+    from ringworld.infer.engine import Engine
+    from ringworld.tokens.bundle import load_codec
+
+    codec = load_codec(tokenizer)
+    cfg = ModelConfig(vocab_size=codec.vocab.size, dim=32, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=64)
+    torch.manual_seed(0)
+    model = Transformer(cfg)
+    gen = torch.Generator().manual_seed(3)
+    bos = codec.vocab.special("<|bos|>")
+    prompts = [[bos] + torch.randint(0, 200, (n,), generator=gen).tolist() for n in (45, 30)]
+    kwargs = dict(max_new_tokens=6, constrained=False, return_logits=True)
+    alone = Engine(model, codec).generate(prompts, **kwargs)
+    ring = Engine(model, codec, context_parallel=group).generate(prompts, **kwargs)
+    same = all(list(a) == list(b) for a, b in zip(alone.tokens, ring.tokens, strict=True))
+    return {"ring_prefill": {"logits": (alone.logits - ring.logits).abs().max().item(), "tokens_differ": float(not same)}}
+
+
 def main() -> None:
     dist.init_process_group("gloo")
     torch.manual_seed(0)
     group = dist.group.WORLD
-    results = attention_cases(group) | model_step(group)
+    results = attention_cases(group) | model_step(group) | ring_prefill(group, sys.argv[2])
     gathered = [None] * dist.get_world_size()
     dist.all_gather_object(gathered, results)
     if dist.get_rank() == 0:

@@ -72,17 +72,18 @@ def test_zigzag_pairs_cover_the_causal_triangle_once_and_balance_work(n):
 
 
 @pytest.mark.parametrize("world_size", [2, 3, 4])
-def test_ring_attention_equals_dense_across_processes(world_size, tmp_path):
+def test_ring_attention_equals_dense_across_processes(world_size, world_tokenizer_dir, tmp_path):
     """torchrun on gloo: outputs and q/k/v gradients (causal, documents, padding, GQA, MHA, tiles
-    smaller than a chunk), and a model's loss and weight gradients with its rows split over the ring."""
+    smaller than a chunk); a model's loss and weight gradients with its rows split over the ring; and
+    generation whose prompts (of two lengths, left-padded) prefill through the ring."""
     out = tmp_path / "errors.json"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={world_size}"]
-    done = subprocess.run([*cmd, str(WORKER), str(out)], env=env, capture_output=True, text=True)
+    done = subprocess.run([*cmd, str(WORKER), str(out), str(world_tokenizer_dir)], env=env, capture_output=True, text=True)
     assert done.returncode == 0, done.stderr[-3000:]
     errors = json.loads(out.read_text())
     bf16 = errors.pop("bf16")
-    assert set(errors) >= {"gqa_causal", "gqa_documents", "mha_documents_tiled", "model_step"}
+    assert set(errors) >= {"gqa_causal", "gqa_documents", "mha_documents_tiled", "model_step", "ring_prefill"}
     for case, worst in errors.items():
         for what, err in worst.items():
             assert err <= 1e-5, f"{case} {what}: {err:.2e} at world size {world_size}"

@@ -23,8 +23,11 @@ from dataclasses import dataclass
 
 import numpy as np
 import torch
+import torch.distributed as dist
+from torch.distributed import ProcessGroup
 
 from ringworld.model.transformer import KVCache, Transformer
+from ringworld.parallel.ring import zigzag_shard, zigzag_unshard
 from ringworld.tokens.codec import Codec
 
 
@@ -185,7 +188,14 @@ class Generation:
 class Engine:
     """Generation with one model and its codec; ``compile=True`` compiles the one-token decode step."""
 
-    def __init__(self, model: Transformer, codec: Codec, *, compile: bool = False) -> None:
+    def __init__(
+        self,
+        model: Transformer,
+        codec: Codec,
+        *,
+        compile: bool = False,
+        context_parallel: ProcessGroup | None = None,
+    ) -> None:
         if model.cfg.vocab_size != codec.vocab.size:
             raise ValueError(
                 f"the model's vocabulary has {model.cfg.vocab_size} ids but the tokenizer's has "
@@ -197,6 +207,35 @@ class Engine:
         self.grammar = SpanGrammar(codec, self.device)
         self.pad = codec.vocab.special("<|pad|>")
         self._forward = torch.compile(self._decode_step, dynamic=False) if compile else self._decode_step
+        # with a group, prompts prefill through ring attention (each rank a zigzag shard of every row)
+        # and the gathered keys and values fill every rank's cache; decoding then runs on each rank alike
+        self.context_parallel = context_parallel
+        self.model.context_parallel = None
+
+    def _prefill(self, ids: torch.Tensor, pad_len: torch.Tensor, padded: bool, cache: KVCache) -> torch.Tensor:
+        """Every prompt token at once -> (R, V) logits of each row's last one. The prompt attends to
+        itself only (causal; left padding in a document of its own), so no (L, S) mask is built."""
+        R, L = ids.shape
+        slots = torch.arange(L, device=self.device)
+        positions = (slots[None] - pad_len[:, None]).clamp(min=0)  # (R, L)
+        segments = torch.where(slots[None] >= pad_len[:, None], 0, -1) if padded else None  # (R, L)
+        group = self.context_parallel
+        if group is None:
+            logits = self.model(ids, segment_ids=segments, positions=positions, cache=cache.at(slots, None))
+            return logits[:, -1].float()
+        segments = torch.where(slots[None] >= pad_len[:, None], 0, -1)  # every rank of a ring passes them
+        shard = lambda t: zigzag_shard(t, 1, group)  # noqa: E731
+        gather = lambda t: zigzag_unshard(t, 2, group)  # noqa: E731
+        self.model.context_parallel = group
+        try:
+            logits = self.model(
+                shard(ids), segment_ids=shard(segments), positions=shard(positions), cache=cache.at(slots, None, gather)
+            )
+        finally:
+            self.model.context_parallel = None
+        last = logits[:, -1].float().contiguous()  # the last token is the end of chunk 2N-1: group rank 0's
+        dist.broadcast(last, src=dist.get_global_rank(group, 0), group=group)
+        return last
 
     def _decode_step(
         self,
@@ -255,6 +294,9 @@ class Engine:
             list(stop) if stop is not None else [self.codec.vocab.special("<|eos|>")], device=self.device
         )
         length = max(map(len, rows))
+        if self.context_parallel is not None:  # a ring shards rows into 2N equal chunks
+            multiple = 2 * dist.get_world_size(self.context_parallel)
+            length = -(-length // multiple) * multiple
         total = length + max_new_tokens
         if total > self.model.cfg.max_seq_len:
             raise ValueError(
@@ -277,11 +319,7 @@ class Engine:
         generator = torch.Generator(self.device).manual_seed(sampling.seed)
         cache = KVCache.allocate(self.model.cfg, len(rows), total, device=self.device, dtype=self.dtype)
 
-        # prefill: every prompt token at once; a padding query sees itself only (never nothing)
-        causal = slot[:length, None] >= slot[None, :length]  # (L, L)
-        visible = (causal[None] & valid[:, None, :length]) | torch.eye(length, dtype=torch.bool, device=self.device)
-        positions = (slot[None, :length] - pad_len[:, None]).clamp(min=0)  # (R, L)
-        logits = self.model(ids, positions=positions, cache=cache.at(slot[:length], visible[:, None]))[:, -1].float()
+        logits = self._prefill(ids, pad_len, any(len(r) < length for r in rows), cache)
 
         new = torch.full((B, max_new_tokens), self.pad, dtype=torch.long, device=self.device)
         done = torch.zeros(B, dtype=torch.bool, device=self.device)

@@ -13,6 +13,7 @@ tokens' keys and values into the cache and attends to the cached slots it is tol
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 
 import torch
@@ -145,14 +146,20 @@ class LayerCache:
     k: torch.Tensor  # (B, Hkv, S, hd)
     v: torch.Tensor
     slots: torch.Tensor  # (T,) long: where this forward's tokens go
-    visible: torch.Tensor  # (B, 1, T, S') bool: what each new token attends to, among slots 0..S'-1
+    visible: torch.Tensor | None  # (B, 1, T, S') bool: what each new token attends to among slots 0..S'-1
+    gather: Callable[[torch.Tensor], torch.Tensor] | None  # sharded (B, Hkv, t, hd) -> whole (B, Hkv, T, hd)
 
-    def write(self, k: torch.Tensor, v: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        """Store k, v (B, Hkv, T, hd) at ``slots``; return the keys and values of slots 0..S'-1."""
+    def write(self, k: torch.Tensor, v: torch.Tensor) -> None:
+        """Store k, v (B, Hkv, T, hd) (or their shards, made whole by ``gather``) at ``slots``."""
+        if self.gather is not None:
+            k, v = self.gather(k), self.gather(v)
         self.k.index_copy_(2, self.slots, k.to(self.k.dtype))
         self.v.index_copy_(2, self.slots, v.to(self.v.dtype))
-        seen = self.visible.size(-1)
-        return self.k[:, :, :seen], self.v[:, :, :seen]
+
+    def seen(self) -> tuple[torch.Tensor, torch.Tensor]:
+        """The keys and values of slots 0..S'-1, which ``visible`` ranges over."""
+        n = self.visible.size(-1)
+        return self.k[:, :, :n], self.v[:, :, :n]
 
 
 @dataclass
@@ -162,12 +169,16 @@ class KVCache:
     Slots are shared by all rows, so rows of different prompt lengths are left-padded and their
     padding slots are simply never visible. ``at(slots, visible)`` says where the next forward's
     tokens go and what they see; the caller (``ringworld.infer.engine``) keeps that bookkeeping.
+    ``visible=None`` is a prefill: the new tokens attend only to each other, under the forward's own
+    causal and document masks (whichever kernel that picks, ring attention included), so no
+    (T, S) mask is ever built.
     """
 
     k: list[torch.Tensor]  # per layer (B, Hkv, S, hd)
     v: list[torch.Tensor]
     slots: torch.Tensor | None = None
     visible: torch.Tensor | None = None
+    gather: Callable[[torch.Tensor], torch.Tensor] | None = None  # for a forward on sequence shards
 
     @classmethod
     def allocate(
@@ -183,14 +194,19 @@ class KVCache:
     def length(self) -> int:
         return self.k[0].size(2)
 
-    def at(self, slots: torch.Tensor, visible: torch.Tensor) -> KVCache:
-        self.slots, self.visible = slots, visible
+    def at(
+        self,
+        slots: torch.Tensor,
+        visible: torch.Tensor | None,
+        gather: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    ) -> KVCache:
+        self.slots, self.visible, self.gather = slots, visible, gather
         return self
 
     def layer(self, i: int) -> LayerCache:
-        if self.slots is None or self.visible is None:
+        if self.slots is None:
             raise RuntimeError("say where the tokens go first: cache.at(slots, visible)")
-        return LayerCache(self.k[i], self.v[i], self.slots, self.visible)
+        return LayerCache(self.k[i], self.v[i], self.slots, self.visible, self.gather)
 
 
 # blocks -------------------------------------------------------------------------------------
@@ -223,10 +239,12 @@ class Attention(nn.Module):
             q, k = self.q_norm(q), self.k_norm(k)
         q, k = apply_rope(q, cos, sin), apply_rope(k, cos, sin)
         q, k, v = q.transpose(1, 2), k.transpose(1, 2), v.transpose(1, 2)  # (B, heads, T, hd)
-        if cache is None:
+        if cache is not None:
+            cache.write(k, v)
+        if cache is None or cache.visible is None:  # training, or a prefill: the new tokens among themselves
             y = attention(q, k, v, mask)  # (B, H, T, hd)
         else:
-            k, v = cache.write(k, v)  # (B, Hkv, S', hd)
+            k, v = cache.seen()  # (B, Hkv, S', hd)
             y = cached_attention(q, k.to(q.dtype), v.to(q.dtype), cache.visible)
         return self.wo(y.transpose(1, 2).reshape(B, T, self.n_heads * hd))
 
@@ -302,9 +320,9 @@ class Transformer(nn.Module):
         cache: KVCache | None = None,  # generation: read and extend this cache (see KVCache.at)
     ) -> torch.Tensor:  # (B, T, vocab) logits
         B, T = ids.shape
-        if cache is not None and segment_ids is not None:
+        if cache is not None and cache.visible is not None and segment_ids is not None:
             raise ValueError(
-                "a cached forward takes no segment_ids: the cache's visible mask says what each token sees"
+                "a cached forward with a visible mask takes no segment_ids: the mask says what each token sees"
             )
         if positions is None:
             if self.context_parallel is not None:
@@ -315,7 +333,7 @@ class Transformer(nn.Module):
         x = self.embed(ids)  # (B, T, dim)
         for i, layer in enumerate(self.layers):
             if cache is not None:
-                x = layer(x, cos, sin, None, cache.layer(i))
+                x = layer(x, cos, sin, mask, cache.layer(i))
             elif self.activation_checkpointing and self.training:
                 x = checkpoint(layer, x, cos, sin, mask, use_reentrant=False)
             else:
