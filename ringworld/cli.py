@@ -19,6 +19,7 @@ The built-in sprite world makes its own data, so everything runs offline:
   ringworld predict clip.gif --actions right,up --checkpoint runs/model --out future.gif
   ringworld ask clip.gif "what colour is the square?" --checkpoint runs/model
   ringworld eval --checkpoint runs/model --json eval.json --report runs/report   oracle-scored metrics
+  ringworld eval needle --checkpoint runs/model --lengths 1k,4k --plot needle.png   needle in a haystack
   ringworld demo --out runs/demo                 all of it on the built-in world, in minutes on a CPU
 """
 
@@ -274,21 +275,80 @@ def _inference_parsers(commands) -> None:
 
     evaluate = commands.add_parser(
         "eval",
-        help="score a world model exactly with the oracle",
-        description="Evaluate a checkpoint on held-out world episodes (the same ones every run): text->image, "
-        "captioning, text->video, prediction per rollout step, action rollouts and QA, all judged by the "
-        "oracle; plus perplexity per modality and the tokenizer's PSNR. --report writes report.html with "
-        "image grids, GIFs, a table per task and plots.",
+        help="score a world model: the world suite (oracle) or needle in a haystack",
+        description="world (the default): evaluate a checkpoint on held-out world episodes (the same ones\n"
+        "every run): text->image, captioning, text->video, prediction per rollout step, action rollouts and\n"
+        "QA, all judged by the oracle; plus perplexity per modality and the tokenizer's PSNR. --report writes\n"
+        "report.html with image grids, GIFs, a table per task and plots.\n\n"
+        "needle: needle in a haystack, as LWM reports it. For every context length and needle depth, ask\n"
+        "--samples questions about a magic number hidden in filler text (text) and about one solid-colour\n"
+        "flash frame hidden in a long world video (video); greedy answers, judged exactly. Prints a table,\n"
+        "--json writes every cell and the mean accuracy per kind, --plot draws heatmaps (length x depth).\n\n"
+        "  ringworld eval --checkpoint runs/model --json eval.json --report runs/report\n"
+        "  ringworld eval needle --checkpoint runs/model --lengths 1k,2k,4k --depths 0,0.5,1 --plot needle.png",
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
+    evaluate.add_argument(
+        "suite", nargs="?", choices=["world", "needle"], default="world", help="what to evaluate (default: world)"
     )
     evaluate.add_argument("--checkpoint", type=Path, required=True, help="a run directory or a checkpoint")
     evaluate.add_argument("--json", type=Path, help="write the metrics here")
-    evaluate.add_argument("--report", type=Path, help="write report.html and its media into this folder")
-    evaluate.add_argument("--samples", type=_positive_int, default=100, help="episodes per task (default: 100)")
-    evaluate.add_argument("--horizon", type=_positive_int, default=4, help="rollout steps scored (default: 4)")
-    evaluate.add_argument("--guidance", type=float, default=3.0, help="guidance for generation (default: 3)")
+    evaluate.add_argument(
+        "--samples",
+        type=_positive_int,
+        help="episodes per task (default: 100), questions per needle cell (default: 10)",
+    )
     evaluate.add_argument("--seed", type=int, default=None, help="episode seed (default: the fixed held-out seed)")
     evaluate.add_argument("--device", help="cpu, cuda, ... (default: the accelerator if any, else cpu)")
+    g = evaluate.add_argument_group("world suite")
+    g.add_argument("--report", type=Path, help="write report.html and its media into this folder")
+    g.add_argument("--horizon", type=_positive_int, help="rollout steps scored (default: 4)")
+    g.add_argument("--guidance", type=float, help="guidance for generation (default: 3)")
+    g = evaluate.add_argument_group("needle suite")
+    g.add_argument(
+        "--lengths",
+        type=_lengths,
+        help="context lengths in tokens (prompt and answer), e.g. 1k,2k,16k or 3000 (default: 1k,2k,4k)",
+    )
+    g.add_argument("--depths", type=_depths, help="needle depths in [0, 1], e.g. 0,0.25,0.5,0.75,1 (default: those)")
+    g.add_argument("--kinds", type=_kinds, help="text, video or both (default: text,video)")
+    g.add_argument("--plot", type=Path, help="write accuracy heatmaps here (PNG)")
+    g.add_argument("--batch-size", type=_positive_int, help="prompts per forward (default: 4)")
     evaluate.set_defaults(run=_eval)
+
+
+def _lengths(text: str) -> list[int]:
+    """ "1k,2k,0.5k,3000" -> [1024, 2048, 512, 3000] (k = 1024 tokens)."""
+    out = []
+    for item in text.lower().split(","):
+        item = item.strip()
+        try:
+            value = round(float(item[:-1]) * 1024) if item.endswith("k") else int(item)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"lengths look like 1k,2k,16k or 3000; got {item!r} in {text!r}") from None
+        if value < 1:
+            raise argparse.ArgumentTypeError(f"lengths are positive token counts; got {item!r}")
+        out.append(value)
+    return out
+
+
+def _depths(text: str) -> list[float]:
+    try:
+        values = [float(x) for x in text.split(",")]
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"depths look like 0,0.25,0.5,0.75,1; got {text!r}") from None
+    if not all(0 <= v <= 1 for v in values):
+        raise argparse.ArgumentTypeError(f"depths are fractions of the haystack in [0, 1]; got {text!r}")
+    return values
+
+
+def _kinds(text: str) -> list[str]:
+    from ringworld.world.needle import KINDS
+
+    names = [k.strip() for k in text.split(",") if k.strip()]
+    if not names or set(names) - set(KINDS):
+        raise argparse.ArgumentTypeError(f"kinds are a comma-separated list of {', '.join(KINDS)}; got {text!r}")
+    return names
 
 
 def _task_weights(text: str) -> dict[str, float]:
@@ -299,6 +359,15 @@ def _task_weights(text: str) -> dict[str, float]:
         raise argparse.ArgumentTypeError(f"task weights look like text_to_image=2,qa=1; got {text!r}") from None
 
 
+def _stage(text: str) -> dict:
+    from ringworld.train.config import parse_stage
+
+    try:
+        return parse_stage(text)
+    except ValueError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
+
+
 def _train_parser(commands) -> None:
     train = commands.add_parser(
         "train",
@@ -307,7 +376,10 @@ def _train_parser(commands) -> None:
         "between text and vision. Writes RUN/checkpoints/step_N/ (model.safetensors, config.json, "
         "tokenizer/, optimizer and sampler state), RUN/metrics.jsonl and RUN/tensorboard/. For many "
         "processes (FSDP2; gloo on CPU, nccl on CUDA): torchrun --nproc_per_node N -m ringworld train ... "
-        "With --resume, the run's saved settings are used and any option given here overrides them.",
+        "and with --cp C, every C processes share each row (ring attention; a dp x cp mesh). "
+        "With --resume, the run's saved settings are used and any option given here overrides them. "
+        "Context growth: --init-from RUN --stage 2k:2e4:200 --stage 4k:5e4:100 ... trains each stage in "
+        "OUT/stage_K from the previous stage's weights.",
     )
     from ringworld.train.config import TrainConfig
 
@@ -330,6 +402,24 @@ def _train_parser(commands) -> None:
     g.add_argument("--rope-theta", type=float, help="RoPE base [10000]")
     g.add_argument("--qk-norm", action=argparse.BooleanOptionalAction, help="RMSNorm on queries and keys [on]")
     g.add_argument("--tie-embeddings", action=argparse.BooleanOptionalAction, help="share embedding and head [off]")
+    g.add_argument("--init-from", type=Path, help="start from this run's or checkpoint's weights (and tokenizer)")
+    g = train.add_argument_group("long context")
+    g.add_argument(
+        "--stage",
+        dest="stages",
+        action="append",
+        type=_stage,
+        help="a context-growth stage LEN:ROPE_THETA:STEPS[:BATCH], e.g. 16k:1e6:50:1; repeat for each stage, "
+        "shortest first (each starts from the previous one's weights, in OUT/stage_K)",
+    )
+    g.add_argument(
+        "--cp", dest="context_parallel", type=_positive_int, help="processes sharing each row (ring attention) [1]"
+    )
+    g.add_argument(
+        "--attention",
+        choices=["auto", "blockwise", "documents", "mask", "flex"],
+        help="attention kernel; blockwise keeps memory linear in length [auto: measured per device]",
+    )
     g = train.add_argument_group("optimisation")
     g.add_argument("--seq-len", type=_positive_int, help=f"tokens per packed row [{d.seq_len}]")
     g.add_argument("--batch-size", type=_positive_int, help=f"rows per step, all processes together [{d.batch_size}]")
@@ -374,7 +464,7 @@ def _train(args: argparse.Namespace) -> None:
 
     given = {k: v for k, v in vars(args).items() if v is not None and k not in RUN_OPTIONS}
     model = {k: given.pop(k) for k in MODEL_OPTIONS & set(given)}
-    for key in ("tokenizer", "data"):
+    for key in ("tokenizer", "data", "init_from"):
         if key in given:
             given[key] = str(given[key])
     base: dict = {}
@@ -538,21 +628,57 @@ def _ask(args: argparse.Namespace) -> None:
 def _eval(args: argparse.Namespace) -> None:
     import json
 
-    from ringworld.eval.world import EVAL_SEED, evaluate
-
+    suite_only = {
+        "world": ("report", "horizon", "guidance"),
+        "needle": ("lengths", "depths", "kinds", "plot", "batch_size"),
+    }
+    other = "needle" if args.suite == "world" else "world"
+    misplaced = [f"--{name.replace('_', '-')}" for name in suite_only[other] if getattr(args, name) is not None]
+    if misplaced:
+        raise ValueError(f"{', '.join(misplaced)} belong(s) to `ringworld eval {other}`, not the {args.suite} suite")
     wm = _load(args)
-    seed = EVAL_SEED if args.seed is None else args.seed
-    result = evaluate(wm, samples=args.samples, horizon=args.horizon, guidance=args.guidance, seed=seed)
-    print(_eval_table(result.metrics))
+    if args.suite == "needle":
+        metrics = _eval_needle(args, wm)
+    else:
+        from ringworld.eval.world import EVAL_SEED, evaluate
+
+        seed = EVAL_SEED if args.seed is None else args.seed
+        result = evaluate(
+            wm,
+            samples=args.samples or 100,
+            horizon=args.horizon or 4,
+            guidance=3.0 if args.guidance is None else args.guidance,
+            seed=seed,
+        )
+        metrics = result.metrics
+        print(_eval_table(metrics))
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
-        args.json.write_text(json.dumps(result.metrics, indent=2) + "\n")
+        args.json.write_text(json.dumps(metrics, indent=2) + "\n")
         print(f"wrote {args.json}")
-    if args.report:
+    if args.suite == "world" and args.report:
         from ringworld.eval.report import write_report
 
         page = write_report(args.report, result, run=wm.checkpoint.parent.parent)
         print(f"wrote {page}")
+
+
+def _eval_needle(args: argparse.Namespace, wm) -> dict:
+    from ringworld.eval.needle import NEEDLE_SEED, evaluate_needle, needle_table, plot_needle
+
+    result = evaluate_needle(
+        wm,
+        args.lengths or [1024, 2048, 4096],
+        args.depths or [0.0, 0.25, 0.5, 0.75, 1.0],
+        args.kinds or ["text", "video"],
+        samples=args.samples or 10,
+        seed=NEEDLE_SEED if args.seed is None else args.seed,
+        batch_size=args.batch_size or 4,
+    )
+    print(needle_table(result))
+    if args.plot:
+        print(f"wrote {plot_needle(result, args.plot)}")
+    return result
 
 
 def _eval_table(metrics: dict) -> str:

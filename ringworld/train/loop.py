@@ -53,7 +53,7 @@ from ringworld.train.loss import (
     per_modality_means,
 )
 from ringworld.world.sim import WorldConfig
-from ringworld.world.tasks import TaskConfig
+from ringworld.world.tasks import NEEDLE_TASKS, TaskConfig, fit_needles
 
 
 @dataclass
@@ -96,13 +96,16 @@ def set_hyperparameters(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> N
 
 def make_source(cfg: TrainConfig, codec, world: WorldConfig = WorldConfig()) -> WorldSource | ShardSource:
     if cfg.data == "world":
+        task_config = TaskConfig(world=world, video_frames=cfg.video_frames)
+        if cfg.tasks and any(cfg.tasks.get(t, 0) > 0 for t in NEEDLE_TASKS):
+            task_config = fit_needles(task_config, codec, cfg.seq_len)  # haystacks sized to the row
         return WorldSource(
             codec,
             seq_len=cfg.seq_len,
             rows=cfg.batch_size,
             seed=cfg.seed,
             task_weights=cfg.tasks,
-            task_config=TaskConfig(world=world, video_frames=cfg.video_frames),
+            task_config=task_config,
             caption_dropout=cfg.caption_dropout,
         )
     dataset = ShardDataset(cfg.data)

@@ -8,17 +8,24 @@
 | predict       | Video(frames: the first ``context`` then the future)  | every frame      |
 | act           | Video(frames, actions between them), agent present    | the frames       |
 | qa            | Image or Video, Text(question), Text(answer)          | the answer       |
+| needle_text   | Text(filler + magic number), Text(question), Text(n)  | the number       |
+| needle_video  | Video(haystack + one flash frame), Text(q), Text(c)   | the colour word  |
+
+The needle tasks (``ringworld.world.needle``) make long documents and are not in the uniform
+mixture (``DEFAULT_TASKS``): name them in the weights to train on them, with their sizes fitted
+to the row length by ``fit_needles``.
 """
 
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 
 from ringworld.documents import ACTIONS, Document, Image, Text, Video
 from ringworld.world.captions import caption, question
+from ringworld.world.needle import CodecLike, Needle, haystack_size, needle_limits, text_needle, video_needle
 from ringworld.world.sim import State, WorldConfig, random_state, render, rollout
 
 
@@ -36,6 +43,10 @@ class TaskSample:
 class TaskConfig:
     world: WorldConfig = field(default_factory=WorldConfig)
     video_frames: int = 4  # frames in text_to_video, predict and act documents
+    # the largest needle haystacks; the defaults fit 1024-id rows of the default world, and
+    # ``fit_needles`` sizes them for a codec and a row length
+    needle_frames: int = 12  # haystack frames in needle_video documents
+    needle_sentences: int = 24  # filler sentences in needle_text documents
 
 
 def text_to_image(rng: np.random.Generator, cfg: TaskConfig) -> TaskSample:
@@ -80,6 +91,27 @@ def qa(rng: np.random.Generator, cfg: TaskConfig) -> TaskSample:
     return TaskSample("qa", [seen, Text(q, loss=False), Text(a)], states, answer=a)
 
 
+def _needle(task: str, needle: Needle) -> TaskSample:
+    meta = {"at": needle.at, "haystack": needle.haystack, "depth": needle.depth}
+    return TaskSample(task, needle.document, needle.states, answer=needle.answer, meta=meta)
+
+
+def needle_text(rng: np.random.Generator, cfg: TaskConfig) -> TaskSample:
+    n = haystack_size(rng, cfg.needle_sentences)
+    return _needle("needle_text", text_needle(rng, n, float(rng.random()), cfg.world))
+
+
+def needle_video(rng: np.random.Generator, cfg: TaskConfig) -> TaskSample:
+    n = haystack_size(rng, cfg.needle_frames)
+    return _needle("needle_video", video_needle(rng, n, float(rng.random()), cfg.world))
+
+
+def fit_needles(cfg: TaskConfig, codec: CodecLike, seq_len: int) -> TaskConfig:
+    """``cfg`` with the largest needle haystacks whose documents fit rows of ``seq_len`` ids."""
+    frames, sentences = needle_limits(codec, seq_len, cfg.world)
+    return replace(cfg, needle_frames=frames, needle_sentences=sentences)
+
+
 TASKS: dict[str, Callable[[np.random.Generator, TaskConfig], TaskSample]] = {
     "text_to_image": text_to_image,
     "image_to_text": image_to_text,
@@ -87,7 +119,11 @@ TASKS: dict[str, Callable[[np.random.Generator, TaskConfig], TaskSample]] = {
     "predict": predict,
     "act": act,
     "qa": qa,
+    "needle_text": needle_text,
+    "needle_video": needle_video,
 }
+NEEDLE_TASKS: tuple[str, ...] = ("needle_text", "needle_video")
+DEFAULT_TASKS: tuple[str, ...] = tuple(t for t in TASKS if t not in NEEDLE_TASKS)  # the mixture when no weights
 
 
 def sample_task(name: str, rng: np.random.Generator, cfg: TaskConfig = TaskConfig()) -> TaskSample:
@@ -99,8 +135,8 @@ def sample_task(name: str, rng: np.random.Generator, cfg: TaskConfig = TaskConfi
 def sample_mixture(
     rng: np.random.Generator, weights: dict[str, float] | None = None, cfg: TaskConfig = TaskConfig()
 ) -> TaskSample:
-    """One sample from a weighted mixture of tasks (uniform when ``weights`` is None)."""
-    weights = weights or dict.fromkeys(TASKS, 1.0)
+    """One sample from a weighted mixture of tasks (uniform over ``DEFAULT_TASKS`` when ``weights`` is None)."""
+    weights = weights or dict.fromkeys(DEFAULT_TASKS, 1.0)
     unknown = set(weights) - set(TASKS)
     if unknown:
         raise ValueError(f"unknown task(s) {', '.join(sorted(unknown))}; tasks are {', '.join(TASKS)}")

@@ -1,0 +1,124 @@
+"""Needle-in-a-haystack evaluation (as LWM publishes it): accuracy per prompt length and needle depth.
+
+Every cell (kind, length, depth) asks ``samples`` needle questions that fill ``length`` tokens of
+context: a prompt of at most ``length - max_new_tokens`` ids (short of it by less than one frame
+or one sentence) and room for the answer, with the needle at ``depth`` of the haystack
+(``ringworld.world.needle``). Answers are greedy and judged exactly: the magic number's digits,
+or the flash's colour word. Each cell's documents come from its own seed, so a cell gets the same
+questions whatever else is asked.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+import numpy as np
+from tqdm.auto import tqdm
+
+from ringworld.infer.tasks import WorldModel, _prompt, _special, _text_answers
+from ringworld.world.needle import KINDS, judge, needle_document
+
+NEEDLE_SEED = 9_000_011  # training draws from (seed, step, row): these documents are never trained on
+
+
+def length_label(length: int) -> str:
+    """1024 -> "1K", 16384 -> "16K", 3000 -> "3000"."""
+    return f"{length // 1024}K" if length % 1024 == 0 else str(length)
+
+
+def evaluate_needle(
+    wm: WorldModel,
+    lengths: Sequence[int],
+    depths: Sequence[float],
+    kinds: Sequence[str] = KINDS,
+    *,
+    samples: int = 10,
+    seed: int = NEEDLE_SEED,
+    batch_size: int = 4,
+    max_new_tokens: int = 16,
+    progress: bool = True,
+) -> dict:
+    """Accuracy of every (kind, length, depth) cell and its mean per kind, JSON-ready."""
+    unknown = set(kinds) - set(KINDS)
+    if unknown:
+        raise ValueError(f"unknown needle kind(s) {', '.join(sorted(unknown))}; kinds are {', '.join(KINDS)}")
+    context = wm.engine.model.cfg.max_seq_len
+    if max(lengths) > context:
+        raise ValueError(
+            f"the model's context is {context} tokens; ask for needle lengths up to it, not {max(lengths)}"
+        )
+    sep = [_special(wm, "<|sep|>")]
+    grid = [(k, n, d) for k in kinds for n in lengths for d in depths]
+    cells = []
+    for kind, length, depth in tqdm(grid, desc="needle cells", disable=not progress):
+        rng = np.random.default_rng([seed, KINDS.index(kind), length, round(depth * 1000)])
+        room = length - max_new_tokens
+        needles = [needle_document(kind, wm.codec, room, depth, rng, wm.world) for _ in range(samples)]
+        # the prompt is the document cut where the answer starts: ... question <|sep|>
+        prompts = [np.r_[_prompt(wm, n.document[:-1]), sep] for n in needles]
+        answers = _text_answers(wm, prompts, max_new_tokens, batch_size)
+        right = [judge(kind, a, n.answer) for a, n in zip(answers, needles, strict=True)]
+        cells.append(
+            {
+                "kind": kind,
+                "length": length,
+                "depth": depth,
+                "accuracy": float(np.mean(right)),
+                "samples": samples,
+                "prompt_tokens": float(np.mean([len(p) for p in prompts])),
+                "example": {"answer": answers[0], "truth": needles[0].answer},
+            }
+        )
+    mean = {k: float(np.mean([c["accuracy"] for c in cells if c["kind"] == k])) for k in kinds}
+    return {
+        "mean_accuracy": mean,
+        "cells": cells,
+        "lengths": list(lengths),
+        "depths": list(depths),
+        "kinds": list(kinds),
+        "samples": samples,
+        "seed": seed,
+    }
+
+
+def needle_table(result: dict) -> str:
+    """Accuracy as text: per kind, a row per depth and a column per length."""
+    lines = []
+    for kind in result["kinds"]:
+        acc = {(c["length"], c["depth"]): c["accuracy"] for c in result["cells"] if c["kind"] == kind}
+        lines.append(f"{kind}  (mean accuracy {result['mean_accuracy'][kind]:.3f})")
+        lines.append("  depth " + "".join(f"{length_label(n):>7}" for n in result["lengths"]))
+        for d in result["depths"]:
+            lines.append(f"  {d:>5.0%} " + "".join(f"{acc[(n, d)]:>7.2f}" for n in result["lengths"]))
+    return "\n".join(lines)
+
+
+def plot_needle(result: dict, path: str | Path) -> Path:
+    """Heatmaps of accuracy, length across and depth down, one panel per kind, red (0) to green (1)."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    path = Path(path)
+    lengths, depths, kinds = result["lengths"], result["depths"], result["kinds"]
+    size = (1.5 + (1.0 + 0.8 * len(lengths)) * len(kinds), 1.5 + 0.5 * len(depths))
+    fig, axes = plt.subplots(1, len(kinds), figsize=size, squeeze=False, layout="constrained")
+    for ax, kind in zip(axes[0], kinds, strict=True):
+        acc = {(c["length"], c["depth"]): c["accuracy"] for c in result["cells"] if c["kind"] == kind}
+        grid = np.array([[acc[(n, d)] for n in lengths] for d in depths])  # (depths, lengths)
+        image = ax.imshow(grid, cmap="RdYlGn", vmin=0, vmax=1, aspect="auto")
+        for (i, j), value in np.ndenumerate(grid):
+            ax.text(j, i, f"{value:.2f}", ha="center", va="center", fontsize=8)
+        ax.set_xticks(range(len(lengths)), [length_label(n) for n in lengths])
+        ax.set_yticks(range(len(depths)), [f"{d:.0%}" for d in depths])
+        ax.set_xlabel("context length (tokens)")
+        if ax is axes[0, 0]:
+            ax.set_ylabel("needle depth")
+        ax.set_title(f"{kind} needle (mean {result['mean_accuracy'][kind]:.2f})")
+    fig.colorbar(image, ax=axes[0].tolist(), label="accuracy")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+    return path
