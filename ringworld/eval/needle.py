@@ -16,7 +16,7 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
-from ringworld.infer.tasks import WorldModel, _prompt, _special, _text_answers
+from ringworld.infer.tasks import WorldModel, answer_documents
 from ringworld.world.needle import KINDS, judge, needle_document
 
 NEEDLE_SEED = 9_000_011  # training draws from (seed, step, row): these documents are never trained on
@@ -48,7 +48,6 @@ def evaluate_needle(
         raise ValueError(
             f"the model's context is {context} tokens; ask for needle lengths up to it, not {max(lengths)}"
         )
-    sep = [_special(wm, "<|sep|>")]
     grid = [(k, n, d) for k in kinds for n in lengths for d in depths]
     cells = []
     for kind, length, depth in tqdm(grid, desc="needle cells", disable=not progress):
@@ -56,8 +55,8 @@ def evaluate_needle(
         room = length - max_new_tokens
         needles = [needle_document(kind, wm.codec, room, depth, rng, wm.world) for _ in range(samples)]
         # the prompt is the document cut where the answer starts: ... question <|sep|>
-        prompts = [np.r_[_prompt(wm, n.document[:-1]), sep] for n in needles]
-        answers = _text_answers(wm, prompts, max_new_tokens, batch_size)
+        questions = [n.document[:-1] for n in needles]
+        answers = answer_documents(wm, questions, max_new_tokens=max_new_tokens, batch_size=batch_size)
         right = [judge(kind, a, n.answer) for a, n in zip(answers, needles, strict=True)]
         cells.append(
             {
@@ -66,7 +65,7 @@ def evaluate_needle(
                 "depth": depth,
                 "accuracy": float(np.mean(right)),
                 "samples": samples,
-                "prompt_tokens": float(np.mean([len(p) for p in prompts])),
+                "prompt_tokens": float(np.mean([len(wm.codec.encode(q)) for q in questions])),
                 "example": {"answer": answers[0], "truth": needles[0].answer},
             }
         )

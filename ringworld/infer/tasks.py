@@ -176,11 +176,19 @@ def answer(
     """The answer to each question about an image (H, W, 3) or a video (T, H, W, 3)."""
     if len(media) != len(questions):
         raise ValueError(f"{len(media)} images/videos but {len(questions)} questions")
+    documents = [
+        [Image(pixels=seen) if seen.ndim == 3 else Video(pixels=seen), Text(q)]
+        for seen, q in zip(media, questions, strict=True)
+    ]
+    return answer_documents(wm, documents, max_new_tokens=max_new_tokens, batch_size=batch_size)
+
+
+def answer_documents(
+    wm: WorldModel, documents: Sequence[Document], *, max_new_tokens: int = 16, batch_size: int = 64
+) -> list[str]:
+    """The answer to each document, whose last segment is a question (text, images, videos before it)."""
     sep = [_special(wm, "<|sep|>")]
-    prompts = []
-    for seen, q in zip(media, questions, strict=True):
-        segment = Image(pixels=seen) if seen.ndim == 3 else Video(pixels=seen)
-        prompts.append(np.r_[_prompt(wm, [segment, Text(q)]), sep])
+    prompts = [np.r_[_prompt(wm, doc), sep] for doc in documents]
     return _text_answers(wm, prompts, max_new_tokens, batch_size)
 
 
