@@ -21,10 +21,12 @@ from ringworld.world.needle import judge, needle_document, prompt_length
 from ringworld.world.sim import COLORS, PALETTE, Obj, State, WorldConfig, random_state, render
 from ringworld.world.tasks import (
     DEFAULT_TASKS,
+    EDGE_DEPTHS,
     NEEDLE_TASKS,
     TASKS,
     TaskConfig,
     fit_needles,
+    needle_depth,
     sample_mixture,
     sample_task,
 )
@@ -124,6 +126,9 @@ def test_training_needles_fit_their_rows_and_stay_out_of_the_default_mixture(cod
     assert cfg.needle_frames // 8 <= min(frames) < max(frames) == cfg.needle_frames
     assert max(m["haystack"] for m in sentences) <= cfg.needle_sentences
     assert min(m["depth"] for m in sentences) < 0.2 and max(m["depth"] for m in sentences) > 0.8
+    depths = [needle_depth(rng) for _ in range(2000)]  # the edges are trained on purpose
+    assert abs(sum(d in (0.0, 1.0) for d in depths) / len(depths) - EDGE_DEPTHS) < 0.03
+    assert {0.0, 1.0} <= set(depths) and all(0 <= d <= 1 for d in depths)
     with pytest.raises(ValueError, match="raise --seq-len"):
         fit_needles(TaskConfig(), codec, 60)
 

@@ -96,14 +96,25 @@ def _needle(task: str, needle: Needle) -> TaskSample:
     return TaskSample(task, needle.document, needle.states, answer=needle.answer, meta=meta)
 
 
+EDGE_DEPTHS = 0.2  # needles put at the very start or end this often: the edges are the hardest to learn
+
+
+def needle_depth(rng: np.random.Generator) -> float:
+    """Uniform in [0, 1], except that EDGE_DEPTHS of the needles sit exactly at 0 or 1 (a uniform
+    depth would put one there only once in about twice the haystack's length)."""
+    if rng.random() < EDGE_DEPTHS:
+        return float(rng.integers(2))
+    return float(rng.random())
+
+
 def needle_text(rng: np.random.Generator, cfg: TaskConfig) -> TaskSample:
     n = haystack_size(rng, cfg.needle_sentences)
-    return _needle("needle_text", text_needle(rng, n, float(rng.random()), cfg.world))
+    return _needle("needle_text", text_needle(rng, n, needle_depth(rng), cfg.world))
 
 
 def needle_video(rng: np.random.Generator, cfg: TaskConfig) -> TaskSample:
     n = haystack_size(rng, cfg.needle_frames)
-    return _needle("needle_video", video_needle(rng, n, float(rng.random()), cfg.world))
+    return _needle("needle_video", video_needle(rng, n, needle_depth(rng), cfg.world))
 
 
 def fit_needles(cfg: TaskConfig, codec: CodecLike, seq_len: int) -> TaskConfig:
