@@ -134,7 +134,9 @@ def ring_prefill(group, tokenizer: str) -> dict:
     alone = Engine(model, codec).generate(prompts, **kwargs)
     ring = Engine(model, codec, context_parallel=group).generate(prompts, **kwargs)
     same = all(list(a) == list(b) for a, b in zip(alone.tokens, ring.tokens, strict=True))
-    return {"ring_prefill": {"logits": (alone.logits - ring.logits).abs().max().item(), "tokens_differ": float(not same)}}
+    return {
+        "ring_prefill": {"logits": (alone.logits - ring.logits).abs().max().item(), "tokens_differ": float(not same)}
+    }
 
 
 def main() -> None:

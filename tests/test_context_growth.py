@@ -5,13 +5,12 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
+from test_train import SMALL, logged, torchrun, weights
 
 from ringworld.cli import main
 from ringworld.train.checkpoint import latest_checkpoint, read_config, resolve_checkpoint
 from ringworld.train.config import TrainConfig, parse_stage
 from ringworld.train.loop import train
-
-from test_train import SMALL, logged, torchrun, weights
 
 
 @pytest.mark.slow
@@ -21,7 +20,18 @@ def test_context_parallel_training_equals_one_process(world_tokenizer_dir, tmp_p
     cfg = TrainConfig(out=str(tmp_path / "single"), tokenizer=str(world_tokenizer_dir), **{**SMALL, "steps": 3})
     single = train(cfg, progress=False).history
     args = ["--tokenizer", str(world_tokenizer_dir), "--depth", "1", "--seq-len", "256", "--video-frames", "2"]
-    args += ["--batch-size", "4", "--steps", "3", "--warmup", "2", "--log-every", "1", "--no-tensorboard", "--no-compile"]
+    args += [
+        "--batch-size",
+        "4",
+        "--steps",
+        "3",
+        "--warmup",
+        "2",
+        "--log-every",
+        "1",
+        "--no-tensorboard",
+        "--no-compile",
+    ]
     for name, nproc in (("cp2", 2), ("dp2cp2", 4)):
         run = tmp_path / name
         torchrun(nproc, ["--out", str(run), *args, "--cp", "2"])
@@ -36,7 +46,9 @@ def test_cp_errors_are_clear(world_tokenizer_dir, tmp_path, capsys):
     with pytest.raises(ValueError, match="multiple of 4"):
         TrainConfig(out="x", seq_len=250, context_parallel=2)
     common = ["--tokenizer", str(world_tokenizer_dir), "--depth", "1", "--steps", "1", "--no-tensorboard"]
-    assert main(["train", "--out", str(tmp_path / "a"), *common, "--cp", "2"]) == 2  # one process cannot hold a ring of 2
+    assert (
+        main(["train", "--out", str(tmp_path / "a"), *common, "--cp", "2"]) == 2
+    )  # one process cannot hold a ring of 2
     assert "does not divide the 1 process" in capsys.readouterr().err
 
 

@@ -38,7 +38,8 @@ def test_blockwise_equals_dense_with_gradients(length, tile, segmented):
     out = blockwise_attention(q, k, v, seg, tile=tile)
     ref = dense(q, k, v, seg)
     torch.testing.assert_close(out, ref, atol=1e-5, rtol=0)
-    for got, want in zip(torch.autograd.grad(out, (q, k, v), d_out), torch.autograd.grad(ref, (q, k, v), d_out)):
+    got_want = zip(torch.autograd.grad(out, (q, k, v), d_out), torch.autograd.grad(ref, (q, k, v), d_out), strict=True)
+    for got, want in got_want:
         torch.testing.assert_close(got, want, atol=1e-5, rtol=0)
 
 
@@ -79,7 +80,9 @@ def test_ring_attention_equals_dense_across_processes(world_size, world_tokenize
     out = tmp_path / "errors.json"
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={world_size}"]
-    done = subprocess.run([*cmd, str(WORKER), str(out), str(world_tokenizer_dir)], env=env, capture_output=True, text=True)
+    done = subprocess.run(
+        [*cmd, str(WORKER), str(out), str(world_tokenizer_dir)], env=env, capture_output=True, text=True
+    )
     assert done.returncode == 0, done.stderr[-3000:]
     errors = json.loads(out.read_text())
     bf16 = errors.pop("bf16")

@@ -326,7 +326,9 @@ class Transformer(nn.Module):
             )
         if positions is None:
             if self.context_parallel is not None:
-                raise ValueError("rows sharded for context parallelism need their positions: pass the sharded positions")
+                raise ValueError(
+                    "rows sharded for context parallelism need their positions: pass the sharded positions"
+                )
             positions = torch.arange(T, device=ids.device)[None]  # (1, T)
         cos, sin = rope_cos_sin(positions, self.cfg.head_dim, self.cfg.rope_theta)
         mask = document_mask(segment_ids, kernel=self.attention_kernel, ring_group=self.context_parallel)

@@ -40,6 +40,7 @@ def parse_stage(text: str) -> dict:
         raise ValueError(shape) from None
     return stage
 
+
 if TYPE_CHECKING:
     from ringworld.model.transformer import ModelConfig
 

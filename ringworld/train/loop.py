@@ -188,8 +188,10 @@ def train_stages(cfg: TrainConfig, d: Distributed, *, resume: bool, progress: bo
         done = latest is not None and json.loads((latest / "trainer_state.json").read_text())["step"] >= stage.steps
         if not done:
             if d.is_main and progress:
-                print(f"stage {stage.out}: {stage.seq_len} tokens a row, RoPE theta {stage.model['rope_theta']:g}, "
-                      f"{stage.steps} steps")
+                print(
+                    f"stage {stage.out}: {stage.seq_len} tokens a row, RoPE theta {stage.model['rope_theta']:g}, "
+                    f"{stage.steps} steps"
+                )
             stage = replace(stage, init_from=init_from)
             result = _train(stage, d, resume=resume and latest is not None, stop_at=None, progress=progress)
             history += result.history
