@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
+import os
 import sys
 from pathlib import Path
 
@@ -300,6 +302,13 @@ def _inference_parsers(commands) -> None:
     )
     evaluate.add_argument("--seed", type=int, default=None, help="episode seed (default: the fixed held-out seed)")
     evaluate.add_argument("--device", help="cpu, cuda, ... (default: the accelerator if any, else cpu)")
+    evaluate.add_argument(
+        "--cp",
+        type=_positive_int,
+        default=1,
+        help="prefill prompts through ring attention over this many processes; launch with "
+        "torchrun --nproc_per_node N (default: 1)",
+    )
     g = evaluate.add_argument_group("world suite")
     g.add_argument("--report", type=Path, help="write report.html and its media into this folder")
     g.add_argument("--horizon", type=_positive_int, help="rollout steps scored (default: 4)")
@@ -626,8 +635,6 @@ def _ask(args: argparse.Namespace) -> None:
 
 
 def _eval(args: argparse.Namespace) -> None:
-    import json
-
     suite_only = {
         "world": ("report", "horizon", "guidance"),
         "needle": ("lengths", "depths", "kinds", "plot", "batch_size"),
@@ -636,7 +643,30 @@ def _eval(args: argparse.Namespace) -> None:
     misplaced = [f"--{name.replace('_', '-')}" for name in suite_only[other] if getattr(args, name) is not None]
     if misplaced:
         raise ValueError(f"{', '.join(misplaced)} belong(s) to `ringworld eval {other}`, not the {args.suite} suite")
-    wm = _load(args)
+    from ringworld.parallel.mesh import init_distributed, shutdown
+
+    d = init_distributed(args.device, cp=args.cp)
+    try:
+        if d.dp > 1:
+            raise ValueError(
+                f"eval runs one ring: launch as many processes as --cp ({args.cp}), not {d.world_size}"
+            )
+        with contextlib.ExitStack() as quiet:
+            if not d.is_main:  # every rank computes; one speaks and writes
+                devnull = quiet.enter_context(open(os.devnull, "w"))
+                quiet.enter_context(contextlib.redirect_stdout(devnull))
+                quiet.enter_context(contextlib.redirect_stderr(devnull))
+            _eval_suite(args, d)
+    finally:
+        shutdown(d)
+
+
+def _eval_suite(args: argparse.Namespace, d) -> None:
+    import json
+
+    from ringworld.infer.tasks import load_world_model
+
+    wm = load_world_model(args.checkpoint, d.device, context_parallel=d.cp_group)
     if args.suite == "needle":
         metrics = _eval_needle(args, wm)
     else:
@@ -652,6 +682,8 @@ def _eval(args: argparse.Namespace) -> None:
         )
         metrics = result.metrics
         print(_eval_table(metrics))
+    if not d.is_main:
+        return
     if args.json:
         args.json.parent.mkdir(parents=True, exist_ok=True)
         args.json.write_text(json.dumps(metrics, indent=2) + "\n")

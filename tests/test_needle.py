@@ -2,6 +2,9 @@
 the flash frame through a trained vision tokenizer, and `ringworld eval needle` end to end."""
 
 import json
+import os
+import subprocess
+import sys
 from dataclasses import replace
 
 import numpy as np
@@ -171,7 +174,9 @@ def test_eval_options_belong_to_their_suite(tmp_path, capsys):
     assert "--report belong(s) to `ringworld eval world`" in capsys.readouterr().err
 
 
+@pytest.mark.slow
 def test_eval_needle_cli_writes_every_cell_and_a_heatmap(world_tokenizer_dir, tmp_path, capsys):
+    """Then the same evaluation with prompts prefilled through a ring of 2 processes answers alike."""
     run = tmp_path / "run"
     cfg = TrainConfig(
         out=str(run),
@@ -203,3 +208,12 @@ def test_eval_needle_cli_writes_every_cell_and_a_heatmap(world_tokenizer_dir, tm
     assert "video  (mean accuracy" in printed and "512" in printed
     assert main(["eval", "needle", "--checkpoint", str(run), "--lengths", "1k"]) == 2  # past the 512-token context
     assert "context is 512" in capsys.readouterr().err
+
+    ring_out = tmp_path / "needle_ring.json"
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node=2", "-m", "ringworld"]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    ring_args = [*args, "--json", str(ring_out), "--device", "cpu", "--cp", "2"]
+    done = subprocess.run([*torchrun, *ring_args], env=env, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr[-3000:]
+    assert done.stdout.count("video  (mean accuracy") == 1  # one rank speaks
+    assert json.loads(ring_out.read_text())["cells"] == result["cells"]

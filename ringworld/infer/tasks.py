@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from torch.distributed import ProcessGroup
 
 from ringworld.documents import Document, Image, Text, Video
 from ringworld.infer.engine import GREEDY, Engine, Sampling
@@ -51,15 +52,22 @@ class WorldModel:
         return self.engine.codec.vision.frame_size
 
 
-def load_world_model(run: str | Path, device: str | torch.device | None = None, *, compile: bool = False) -> WorldModel:
-    """The latest checkpoint of a run (or a checkpoint directory), on ``device``."""
+def load_world_model(
+    run: str | Path,
+    device: str | torch.device | None = None,
+    *,
+    compile: bool = False,
+    context_parallel: ProcessGroup | None = None,
+) -> WorldModel:
+    """The latest checkpoint of a run (or a checkpoint directory), on ``device``; with a
+    ``context_parallel`` group, prompts prefill through ring attention over it."""
     from ringworld.parallel.mesh import default_device
 
     device = torch.device(device) if device is not None else default_device()
     model, checkpoint = load_model(run, device)
     codec = load_codec(checkpoint / "tokenizer", device=device)
     frames = int(read_config(checkpoint)["train"].get("video_frames", 4))
-    engine = Engine(model, codec, compile=compile)
+    engine = Engine(model, codec, compile=compile, context_parallel=context_parallel)
     return WorldModel(engine, tokenizer_world(checkpoint / "tokenizer"), checkpoint, max(2, frames))
 
 
