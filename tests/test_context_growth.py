@@ -5,7 +5,7 @@ import json
 import pytest
 import torch
 from safetensors.torch import load_file
-from test_train import SMALL, logged, torchrun, weights
+from test_train import SMALL, logged, small_cli, torchrun, weights
 
 from ringworld.cli import main
 from ringworld.train.checkpoint import latest_checkpoint, read_config, resolve_checkpoint
@@ -19,19 +19,7 @@ def test_context_parallel_training_equals_one_process(world_tokenizer_dir, tmp_p
     all 4): the same losses, gradient norms and weights as one process with whole rows."""
     cfg = TrainConfig(out=str(tmp_path / "single"), tokenizer=str(world_tokenizer_dir), **{**SMALL, "steps": 3})
     single = train(cfg, progress=False).history
-    args = ["--tokenizer", str(world_tokenizer_dir), "--depth", "1", "--seq-len", "256", "--video-frames", "2"]
-    args += [
-        "--batch-size",
-        "4",
-        "--steps",
-        "3",
-        "--warmup",
-        "2",
-        "--log-every",
-        "1",
-        "--no-tensorboard",
-        "--no-compile",
-    ]
+    args = small_cli(world_tokenizer_dir, steps=3)
     for name, nproc in (("cp2", 2), ("dp2cp2", 4)):
         run = tmp_path / name
         torchrun(nproc, ["--out", str(run), *args, "--cp", "2"])

@@ -8,22 +8,12 @@ from pathlib import Path
 
 import pytest
 import torch
-import torch.nn.functional as F
+from ring_worker import dense
 
 from ringworld.model.blockwise import blockwise_attention
 from ringworld.parallel.ring import visible_pairs
 
 WORKER = Path(__file__).with_name("ring_worker.py")
-
-
-def dense(q, k, v, segment_ids=None):
-    groups = q.size(1) // k.size(1)
-    k, v = k.repeat_interleave(groups, 1), v.repeat_interleave(groups, 1)
-    T = q.size(2)
-    mask = torch.ones(T, T, dtype=torch.bool).tril()
-    if segment_ids is not None:
-        mask = mask & (segment_ids[:, None, :, None] == segment_ids[:, None, None, :])
-    return F.scaled_dot_product_attention(q, k, v, attn_mask=mask)
 
 
 @pytest.mark.parametrize("length,tile", [(37, 8), (100, 16), (64, 64), (300, 512)])

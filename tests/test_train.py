@@ -113,6 +113,13 @@ def test_train_cli_errors(world_tokenizer_dir, tmp_path, capsys):
     assert "--resume" in capsys.readouterr().err
 
 
+def small_cli(tokenizer: Path, steps: int) -> list[str]:
+    """``SMALL`` as ``ringworld train`` options."""
+    args = ["--tokenizer", str(tokenizer), "--depth", "1", "--seq-len", "256", "--video-frames", "2"]
+    args += ["--batch-size", "4", "--steps", str(steps), "--warmup", "2", "--log-every", "1"]
+    return [*args, "--no-tensorboard", "--no-compile"]
+
+
 def torchrun(nproc: int, args: list[str]) -> None:
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     cmd = [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc_per_node={nproc}"]
@@ -131,19 +138,7 @@ def test_fsdp_two_processes_equal_one_and_resume_at_another_world_size(world_tok
     cfg = TrainConfig(out=str(tmp_path / "single"), tokenizer=str(world_tokenizer_dir), **{**SMALL, "steps": 4})
     single = train(cfg, progress=False).history
     loss, norm = [h["loss"] for h in single], [h["grad_norm"] for h in single]
-    args = ["--tokenizer", str(world_tokenizer_dir), "--depth", "1", "--seq-len", "256", "--video-frames", "2"]
-    args += [
-        "--batch-size",
-        "4",
-        "--steps",
-        "4",
-        "--warmup",
-        "2",
-        "--log-every",
-        "1",
-        "--no-tensorboard",
-        "--no-compile",
-    ]
+    args = small_cli(world_tokenizer_dir, steps=4)
 
     dp2 = tmp_path / "dp2"  # 2 processes x 2 micro-batches of 1 row
     torchrun(2, ["--out", str(dp2), *args, "--grad-accum", "2", "--stop-at", "2"])

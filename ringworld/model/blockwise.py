@@ -16,6 +16,8 @@ keys and values ``(B, Hkv, L, hd)``; segment ids ``(B, L)``, equal ids = same do
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+
 import torch
 
 TILE = 512  # tokens per tile side: (B, H, 512, 512) fp32 scores per tile (bench/long_context.py)
@@ -69,6 +71,29 @@ def tiles(length: int, tile: int) -> list[tuple[int, int]]:
     return [(at, min(at + tile, length)) for at in range(0, length, tile)]
 
 
+def visible_tiles(
+    Lq: int,
+    Lk: int,
+    q_seg: torch.Tensor | None,
+    k_seg: torch.Tensor | None,
+    causal: bool,
+    tile: int,
+    device: torch.device,
+) -> Iterator[tuple[int, int, int, int, torch.Tensor | None]]:
+    """(q0, q1, k0, k1, mask) of every tile pair with something visible, in the order both passes use."""
+    for q0, q1 in tiles(Lq, tile):
+        for k0, k1 in tiles(Lk, tile):
+            if causal and k0 > q1 - 1:
+                break  # this key tile and the rest of the row lie above the diagonal
+            mask = _tile_mask(
+                None if q_seg is None else q_seg[:, q0:q1],
+                None if k_seg is None else k_seg[:, k0:k1],
+                q0, k0, q1 - q0, k1 - k0, causal, device,
+            )  # fmt: skip
+            if not _hidden(mask):
+                yield q0, q1, k0, k1, mask
+
+
 def forward_blocks(
     q: torch.Tensor,  # (B, Hkv, G, Lq, hd)
     k: torch.Tensor,  # (B, Hkv, Lk, hd)
@@ -83,24 +108,13 @@ def forward_blocks(
     tile: int = TILE,
 ) -> None:
     """Attend q over one block of keys and values and fold the result into (out, lse)."""
-    Lq, Lk = q.size(3), k.size(2)
-    for q0, q1 in tiles(Lq, tile):
-        for k0, k1 in tiles(Lk, tile):
-            if causal and k0 > q1 - 1:
-                break  # this key tile and the rest of the row lie above the diagonal
-            mask = _tile_mask(
-                None if q_seg is None else q_seg[:, q0:q1],
-                None if k_seg is None else k_seg[:, k0:k1],
-                q0, k0, q1 - q0, k1 - k0, causal, q.device,
-            )  # fmt: skip
-            if _hidden(mask):
-                continue
-            s = _scores(q[..., q0:q1, :], k[:, :, k0:k1], scale, mask)  # (B, Hkv, G, lq, lk)
-            block_lse = s.logsumexp(-1)  # (B, Hkv, G, lq)
-            p = (s - block_lse.unsqueeze(-1)).exp_()
-            B, Hkv, G, lq, lk = p.shape
-            block_out = (p.view(B, Hkv, G * lq, lk) @ v[:, :, k0:k1].float()).view(B, Hkv, G, lq, -1)
-            merge(out[..., q0:q1, :], lse[..., q0:q1], block_out, block_lse)
+    for q0, q1, k0, k1, mask in visible_tiles(q.size(3), k.size(2), q_seg, k_seg, causal, tile, q.device):
+        s = _scores(q[..., q0:q1, :], k[:, :, k0:k1], scale, mask)  # (B, Hkv, G, lq, lk)
+        block_lse = s.logsumexp(-1)  # (B, Hkv, G, lq)
+        p = (s - block_lse.unsqueeze(-1)).exp_()
+        B, Hkv, G, lq, lk = p.shape
+        block_out = (p.view(B, Hkv, G * lq, lk) @ v[:, :, k0:k1].float()).view(B, Hkv, G, lq, -1)
+        merge(out[..., q0:q1, :], lse[..., q0:q1], block_out, block_lse)
 
 
 def backward_blocks(
@@ -121,28 +135,17 @@ def backward_blocks(
     tile: int = TILE,
 ) -> None:
     """Add this block's share of the gradients of q, k and v, recomputing its probabilities."""
-    Lq, Lk = q.size(3), k.size(2)
-    for q0, q1 in tiles(Lq, tile):
-        for k0, k1 in tiles(Lk, tile):
-            if causal and k0 > q1 - 1:
-                break
-            mask = _tile_mask(
-                None if q_seg is None else q_seg[:, q0:q1],
-                None if k_seg is None else k_seg[:, k0:k1],
-                q0, k0, q1 - q0, k1 - k0, causal, q.device,
-            )  # fmt: skip
-            if _hidden(mask):
-                continue
-            qt, kt, vt = q[..., q0:q1, :].float(), k[:, :, k0:k1].float(), v[:, :, k0:k1].float()
-            B, Hkv, G, lq, hd = qt.shape
-            p = (_scores(qt, kt, scale, mask) - lse[..., q0:q1, None]).exp_()  # (B, Hkv, G, lq, lk)
-            go = d_out[..., q0:q1, :].float().reshape(B, Hkv, G * lq, hd)
-            p2 = p.view(B, Hkv, G * lq, -1)  # (B, Hkv, G*lq, lk)
-            dv[:, :, k0:k1] += p2.transpose(-1, -2) @ go  # sums over the G query heads of a K/V head
-            dp = (go @ vt.transpose(-1, -2)).view(p.shape)
-            ds = p.mul_(dp - delta[..., q0:q1, None]).mul_(scale).view(B, Hkv, G * lq, -1)
-            dq[..., q0:q1, :] += (ds @ kt).view(B, Hkv, G, lq, hd)
-            dk[:, :, k0:k1] += ds.transpose(-1, -2) @ qt.reshape(B, Hkv, G * lq, hd)
+    for q0, q1, k0, k1, mask in visible_tiles(q.size(3), k.size(2), q_seg, k_seg, causal, tile, q.device):
+        qt, kt, vt = q[..., q0:q1, :].float(), k[:, :, k0:k1].float(), v[:, :, k0:k1].float()
+        B, Hkv, G, lq, hd = qt.shape
+        p = (_scores(qt, kt, scale, mask) - lse[..., q0:q1, None]).exp_()  # (B, Hkv, G, lq, lk)
+        go = d_out[..., q0:q1, :].float().reshape(B, Hkv, G * lq, hd)
+        p2 = p.view(B, Hkv, G * lq, -1)  # (B, Hkv, G*lq, lk)
+        dv[:, :, k0:k1] += p2.transpose(-1, -2) @ go  # sums over the G query heads of a K/V head
+        dp = (go @ vt.transpose(-1, -2)).view(p.shape)
+        ds = p.mul_(dp - delta[..., q0:q1, None]).mul_(scale).view(B, Hkv, G * lq, -1)
+        dq[..., q0:q1, :] += (ds @ kt).view(B, Hkv, G, lq, hd)
+        dk[:, :, k0:k1] += ds.transpose(-1, -2) @ qt.reshape(B, Hkv, G * lq, hd)
 
 
 def group_heads(x: torch.Tensor, kv_heads: int) -> torch.Tensor:
