@@ -648,9 +648,7 @@ def _eval(args: argparse.Namespace) -> None:
     d = init_distributed(args.device, cp=args.cp)
     try:
         if d.dp > 1:
-            raise ValueError(
-                f"eval runs one ring: launch as many processes as --cp ({args.cp}), not {d.world_size}"
-            )
+            raise ValueError(f"eval runs one ring: launch as many processes as --cp ({args.cp}), not {d.world_size}")
         with contextlib.ExitStack() as quiet:
             if not d.is_main:  # every rank computes; one speaks and writes
                 devnull = quiet.enter_context(open(os.devnull, "w"))

@@ -9,6 +9,10 @@ Rows of different prompt lengths are left-padded into one batch; each row's posi
 an unconditional twin (its prompt without the caption) in the same batch; the two rows' logits
 are mixed ``uncond + s * (cond - uncond)`` and the one sampled token is fed to both.
 
+With ``context_parallel=group`` (under torchrun), prompts prefill through ring attention, each
+rank holding a zigzag shard of every row; the gathered keys and values fill every rank's cache and
+decoding then runs alike on every rank.
+
 Constraints (``SpanGrammar``) are a per-row state machine over the codec's token layout: inside
 an image or video only visual codes are allowed, ``<|eol|>`` and ``<|eof|>`` are forced at their
 places, actions can be forced between frames, and a span is closed at its length. Every
@@ -218,12 +222,14 @@ class Engine:
         R, L = ids.shape
         slots = torch.arange(L, device=self.device)
         positions = (slots[None] - pad_len[:, None]).clamp(min=0)  # (R, L)
-        segments = torch.where(slots[None] >= pad_len[:, None], 0, -1) if padded else None  # (R, L)
         group = self.context_parallel
+        # left padding is a document of its own; every rank of a ring passes segments, padded or not
+        segments = (
+            torch.where(slots[None] >= pad_len[:, None], 0, -1) if padded or group is not None else None
+        )  # (R, L)
         if group is None:
             logits = self.model(ids, segment_ids=segments, positions=positions, cache=cache.at(slots, None))
             return logits[:, -1].float()
-        segments = torch.where(slots[None] >= pad_len[:, None], 0, -1)  # every rank of a ring passes them
         shard = lambda t: zigzag_shard(t, 1, group)  # noqa: E731
         gather = lambda t: zigzag_unshard(t, 2, group)  # noqa: E731
         self.model.context_parallel = group
