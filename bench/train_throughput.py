@@ -46,8 +46,9 @@ from ringworld.perf import measured_peak_flops, synchronize
 from ringworld.tokens.bundle import load_codec, save_tokenizers
 from ringworld.tokens.codec import Codec, Encoded
 from ringworld.train.config import TrainConfig
-from ringworld.train.loop import make_optimizer, train_step
+from ringworld.train.loop import train_step
 from ringworld.train.loss import LossWeights
+from ringworld.train.optim import make_optimizer
 
 
 def build_tokenizer(directory: Path) -> None:

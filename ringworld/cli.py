@@ -189,14 +189,21 @@ def _sampling_args(p: argparse.ArgumentParser, *, guidance: bool) -> None:
         "--checkpoint", type=Path, required=True, help="a run directory (its latest checkpoint) or a checkpoint"
     )
     p.add_argument("--device", help="cpu, cuda, ... (default: the accelerator if any, else cpu)")
-    p.add_argument("--temperature", type=float, default=0.0, help="0 = greedy (default: 0)")
-    p.add_argument("--top-k", type=int, default=0, help="sample among the k most likely ids; 0 = all (default: 0)")
-    p.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass; 1 = off (default: 1)")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed (default: 0)")
+    _sampling_options(p, "--seed", drawn=guidance)
     if guidance:
         p.add_argument(
             "--guidance", type=float, default=3.0, help="classifier-free guidance scale; 1 = off (default: 3)"
         )
+
+
+def _sampling_options(p, seed_flag: str, *, drawn: bool) -> None:
+    """--temperature, --top-k, --top-p and a seed; unset, they default to ``drawn`` (images and
+    videos: ringworld.infer.tasks.DRAWING) or greedy decoding (text, predictions)."""
+    default = "the drawing default: temperature 1, no cut" if drawn else "greedy"
+    p.add_argument("--temperature", type=float, help=f"0 = greedy (default: {default})")
+    p.add_argument("--top-k", type=int, help="sample among the k most likely ids; 0 = all")
+    p.add_argument("--top-p", type=float, help="nucleus sampling mass; 1 = off")
+    p.add_argument(seed_flag, type=int, dest="sampling_seed", help="sampling seed (default: 0)")
 
 
 def _media_out(p: argparse.ArgumentParser, default_scale: int = 4) -> None:
@@ -313,6 +320,7 @@ def _inference_parsers(commands) -> None:
     g.add_argument("--report", type=Path, help="write report.html and its media into this folder")
     g.add_argument("--horizon", type=_positive_int, help="rollout steps scored (default: 4)")
     g.add_argument("--guidance", type=float, help="guidance for generation (default: 3)")
+    _sampling_options(g, "--sampling-seed", drawn=True)
     g = evaluate.add_argument_group("needle suite")
     g.add_argument(
         "--lengths",
@@ -411,6 +419,9 @@ def _train_parser(commands) -> None:
     g.add_argument("--rope-theta", type=float, help="RoPE base [10000]")
     g.add_argument("--qk-norm", action=argparse.BooleanOptionalAction, help="RMSNorm on queries and keys [on]")
     g.add_argument("--tie-embeddings", action=argparse.BooleanOptionalAction, help="share embedding and head [off]")
+    g.add_argument(
+        "--kv-heads", type=_positive_int, dest="n_kv_heads", help="key/value heads (divides the heads) [half the heads]"
+    )
     g.add_argument("--init-from", type=Path, help="start from this run's or checkpoint's weights (and tokenizer)")
     g = train.add_argument_group("long context")
     g.add_argument(
@@ -437,15 +448,30 @@ def _train_parser(commands) -> None:
     g.add_argument("--max-seconds", type=float, help="stop after this much training time; the schedule follows [off]")
     g.add_argument("--lr", type=float, help=f"peak learning rate [{d.lr}]")
     g.add_argument("--min-lr-ratio", type=float, help=f"final lr as a fraction of the peak [{d.min_lr_ratio}]")
+    g.add_argument(
+        "--optimizer",
+        choices=["muon", "adamw"],
+        help=f"muon: Muon for the blocks' matrices and AdamW (--lr) for embeddings, head and norms [{d.optimizer}]",
+    )
+    g.add_argument("--muon-lr", type=float, help=f"Muon's peak learning rate [{d.muon_lr}]")
+    g.add_argument("--muon-momentum", type=float, help=f"Muon's momentum [{d.muon_momentum}]")
     g.add_argument("--warmup", type=int, help=f"warmup steps [{d.warmup}]")
     g.add_argument("--weight-decay", type=float, help=f"AdamW weight decay on matrices [{d.weight_decay}]")
     g.add_argument("--grad-clip", type=float, help=f"clip the gradient norm at this [{d.grad_clip}]")
     g.add_argument("--text-weight", type=float, help=f"weight of the mean text loss [{d.text_weight}]")
     g.add_argument("--vision-weight", type=float, help=f"weight of the mean vision loss [{d.vision_weight}]")
+    g.add_argument(
+        "--background-weight",
+        type=float,
+        help="loss weight of background-code targets (the most frequent visual code), in (0, 1]; inference "
+        f"undoes its bias [{d.background_weight}]",
+    )
     g.add_argument("--seed", type=int, help=f"weights and data order [{d.seed}]")
     g = train.add_argument_group("speed and logging")
     g.add_argument(
-        "--dtype", choices=["auto", "fp32", "bf16"], help="bf16 autocast; auto = bf16 on accelerators [auto]"
+        "--dtype",
+        choices=["auto", "fp32", "bf16"],
+        help="bf16 autocast; auto = bf16 where it is fast (accelerators, CPUs with AVX512-BF16 or AMX) [auto]",
     )
     g.add_argument(
         "--compile",
@@ -456,13 +482,18 @@ def _train_parser(commands) -> None:
         "--activation-checkpointing", action=argparse.BooleanOptionalAction, help="recompute blocks in backward [off]"
     )
     g.add_argument("--log-every", type=_positive_int, help=f"steps between log lines [{d.log_every}]")
+    g.add_argument(
+        "--eval-every",
+        type=int,
+        help=f"steps between the held-out curves (world data; a multiple of --log-every; 0: off) [{d.eval_every}]",
+    )
     g.add_argument("--save-every", type=_positive_int, help=f"steps between checkpoints [{d.save_every}]")
     g.add_argument("--keep", type=_positive_int, help=f"checkpoints kept [{d.keep}]")
     g.add_argument("--tensorboard", action=argparse.BooleanOptionalAction, help="write TensorBoard logs [on]")
     train.set_defaults(run=_train)
 
 
-MODEL_OPTIONS = {"rope_theta", "qk_norm", "tie_embeddings"}
+MODEL_OPTIONS = {"rope_theta", "qk_norm", "tie_embeddings", "n_kv_heads"}
 RUN_OPTIONS = {"command", "run", "out", "resume", "stop_at", "device"}
 
 
@@ -564,10 +595,15 @@ def _load(args: argparse.Namespace):
     return load_world_model(args.checkpoint, args.device)
 
 
-def _sampling(args: argparse.Namespace):
-    from ringworld.infer.engine import Sampling
+def _sampling(args: argparse.Namespace, *, drawn: bool):
+    """The Sampling the flags ask for, over the default for images and videos (``drawn``) or greedy."""
+    from dataclasses import replace
 
-    return Sampling(temperature=args.temperature, top_k=args.top_k, top_p=args.top_p, seed=args.seed)
+    from ringworld.infer.engine import GREEDY
+    from ringworld.infer.tasks import DRAWING
+
+    given = {"temperature": args.temperature, "top_k": args.top_k, "top_p": args.top_p, "seed": args.sampling_seed}
+    return replace(DRAWING if drawn else GREEDY, **{k: v for k, v in given.items() if v is not None})
 
 
 def _read(path: Path, wm, max_frames: int | None = None):
@@ -584,7 +620,7 @@ def _generate_image(args: argparse.Namespace) -> None:
     from ringworld.media import write_image
 
     wm = _load(args)
-    image = generate_images(wm, [args.prompt], guidance=args.guidance, sampling=_sampling(args))[0]
+    image = generate_images(wm, [args.prompt], guidance=args.guidance, sampling=_sampling(args, drawn=True))[0]
     write_image(args.out, image, scale=args.scale)
     print(f"wrote {args.out}")
 
@@ -594,7 +630,8 @@ def _generate_video(args: argparse.Namespace) -> None:
     from ringworld.media import write_video
 
     wm = _load(args)
-    video = generate_videos(wm, [args.prompt], args.frames, guidance=args.guidance, sampling=_sampling(args))[0]
+    sampling = _sampling(args, drawn=True)
+    video = generate_videos(wm, [args.prompt], args.frames, guidance=args.guidance, sampling=sampling)[0]
     write_video(args.out, video, scale=args.scale, fps=args.fps)
     print(f"wrote {args.out} ({args.frames} frames)")
 
@@ -617,10 +654,10 @@ def _predict(args: argparse.Namespace) -> None:
     clip = _read(args.clip, wm)
     clip = clip[None] if clip.ndim == 3 else clip  # (T, H, W, 3)
     if args.actions:
-        future = rollout(wm, clip[-1:], [args.actions], sampling=_sampling(args))[0]
+        future = rollout(wm, clip[-1:], [args.actions], sampling=_sampling(args, drawn=False))[0]
         what = f"{len(args.actions)} frames after {','.join(args.actions)}"
     else:
-        future = predict(wm, clip[None], args.steps, sampling=_sampling(args))[0]
+        future = predict(wm, clip[None], args.steps, sampling=_sampling(args, drawn=False))[0]
         what = f"{args.steps} predicted frames after {len(clip)} of the clip"
     write_video(args.out, np.concatenate([clip, future]), scale=args.scale, fps=args.fps)
     print(f"wrote {args.out}: {what}")
@@ -636,7 +673,7 @@ def _ask(args: argparse.Namespace) -> None:
 
 def _eval(args: argparse.Namespace) -> None:
     suite_only = {
-        "world": ("report", "horizon", "guidance"),
+        "world": ("report", "horizon", "guidance", "temperature", "top_k", "top_p", "sampling_seed"),
         "needle": ("lengths", "depths", "kinds", "plot", "batch_size"),
     }
     other = "needle" if args.suite == "world" else "world"
@@ -676,6 +713,7 @@ def _eval_suite(args: argparse.Namespace, d) -> None:
             samples=args.samples or 100,
             horizon=args.horizon or 4,
             guidance=3.0 if args.guidance is None else args.guidance,
+            sampling=_sampling(args, drawn=True),
             seed=seed,
         )
         metrics = result.metrics

@@ -32,3 +32,12 @@ def measured_peak_flops(device: torch.device, dtype: torch.dtype = torch.float32
         synchronize(device)
         best = min(best, (time.perf_counter() - start) / 4)
     return 2 * n**3 / best
+
+
+def fast_bf16(device: torch.device) -> bool:
+    """Whether bf16 matmuls beat fp32 here: every accelerator, and CPUs with bf16 instructions
+    (AVX512-BF16 or AMX; measured 1.35x faster training steps of ``tiny`` on a 2-core AVX512-BF16
+    EPYC, 1.5x on AMX). Elsewhere bf16 on a CPU is emulated, and slower than fp32."""
+    if device.type != "cpu":
+        return True
+    return torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()

@@ -150,6 +150,7 @@ def main() -> None:
         worst = {case: {k: max(r[case][k] for r in gathered) for k in results[case]} for case in results}
         with open(sys.argv[1], "w") as f:
             json.dump(worst, f, indent=1)
+    dist.barrier()  # no rank tears gloo down while another still talks to it (a rare abort at exit)
     dist.destroy_process_group()
 
 

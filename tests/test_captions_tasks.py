@@ -30,6 +30,12 @@ def test_captions_parse_back_to_the_state():
             (o.color, o.shape, *region(o, state.config), direction(o) if motion else None) for o in state.objects
         )
         assert got == want, text
+        reading = sorted(state.objects, key=lambda o: (o.y, o.x))
+        assert [(m.color, m.shape) for m in parse_caption(text)] == [(o.color, o.shape) for o in reading]
+        assert " upper" not in text.replace("upper left", "").replace(
+            "upper right", ""
+        )  # "near the upper" is not English
+        assert " lower" not in text.replace("lower left", "").replace("lower right", "")
     assert len(wordings) >= 4  # several phrasings, not one template
 
 
@@ -67,7 +73,8 @@ def test_tasks_build_their_documents(task):
         assert kinds == ["Text", "Image"] and [s.loss for s in doc] == [False, True]
         assert parse_caption(doc[0].text)  # the caption names the objects
     elif task == "image_to_text":
-        assert kinds == ["Image", "Text"] and [s.loss for s in doc] == [False, True]
+        assert kinds == ["Image", "Text", "Text"] and [s.loss for s in doc] == [False, False, True]
+        assert parse_caption(doc[2].text)
     elif task == "text_to_video":
         assert kinds == ["Text", "Video"] and doc[1].num_frames == 5
     elif task == "predict":
@@ -97,5 +104,5 @@ def test_tasks_are_deterministic_and_mix_by_weight():
 
 def test_caption_corpus_is_text_only_and_seeded():
     corpus = caption_corpus(50, seed=2)
-    assert corpus == caption_corpus(50, seed=2) and len(corpus) == 150
+    assert corpus == caption_corpus(50, seed=2) and len(corpus) == 200
     assert all(isinstance(t, str) and t for t in corpus)

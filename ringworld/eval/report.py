@@ -1,6 +1,7 @@
 """``ringworld eval --report DIR``: one self-contained HTML page (plus its PNGs and GIFs beside it)
-showing what the model made for each task next to the truth, a table per task, and two plots:
-the training loss per modality (from the run's metrics.jsonl) and accuracy against rollout horizon.
+showing what the model made for each task next to the truth, a table per task, and plots: the
+training loss per modality and the held-out learning curves against steps and seconds (from the
+run's metrics.jsonl), and accuracy against rollout horizon.
 Opens from disk in any browser; nothing is fetched."""
 
 from __future__ import annotations
@@ -48,7 +49,10 @@ def write_report(directory: str | Path, evaluation: Evaluation, *, run: str | Pa
     parts.append(_metrics_table(evaluation.metrics))
     plots = []
     if run is not None and (Path(run) / "metrics.jsonl").exists():
-        plots.append(_loss_plot(Path(run) / "metrics.jsonl", directory / "loss.png"))
+        rows = _metric_rows(Path(run) / "metrics.jsonl")
+        plots.append(_loss_plot(rows, directory / "loss.png"))
+        if any(CURVES[0][0] in r for r in rows):
+            plots.append(_curves_plot(rows, directory / "curves.png"))
     plots.append(_horizon_plot(evaluation.metrics, directory / "horizon.png"))
     parts.append("<div class='grid'>" + "".join(f"<img src='{p.name}' width='480'>" for p in plots) + "</div>")
     for task, shown in evaluation.examples.items():
@@ -127,13 +131,16 @@ def _count(shown: dict) -> int:
     return min(len(v) for v in shown.values())
 
 
-def _loss_plot(metrics_jsonl: Path, out: Path) -> Path:
+def _metric_rows(metrics_jsonl: Path) -> list[dict]:
+    return [json.loads(line) for line in metrics_jsonl.read_text().splitlines() if line.strip()]
+
+
+def _loss_plot(rows: list[dict], out: Path) -> Path:
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    rows = [json.loads(line) for line in metrics_jsonl.read_text().splitlines() if line.strip()]
     steps = [r["step"] for r in rows]
     fig, ax = plt.subplots(figsize=(6, 3.6), dpi=100)
     for key, label in (("text_loss", "text"), ("vision_loss", "vision"), ("loss", "balanced")):
@@ -143,6 +150,39 @@ def _loss_plot(metrics_jsonl: Path, out: Path) -> Path:
     ax.set_yscale("log")
     ax.set_title("training loss per modality")
     ax.legend()
+    fig.tight_layout()
+    fig.savefig(out)
+    plt.close(fig)
+    return out
+
+
+CURVES = (  # held-out, teacher-forced (ringworld.eval.curves): the skills, step by step
+    ("heldout/t2i_object_acc", "text→image objects"),
+    ("heldout/t2v_object_acc", "text→video objects"),
+    ("heldout/predict_object_acc", "prediction objects"),
+    ("heldout/predict_frame_acc", "prediction whole frames"),
+    ("heldout/act_object_acc", "action objects"),
+    ("heldout/caption_token_acc", "caption tokens"),
+    ("heldout/qa_token_acc", "answer tokens"),
+)
+
+
+def _curves_plot(rows: list[dict], out: Path) -> Path:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    rows = [r for r in rows if CURVES[0][0] in r]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.8), dpi=100, sharey=True)
+    for ax, x, label in ((axes[0], "step", "step"), (axes[1], "seconds", "training seconds")):
+        for key, name in CURVES:
+            ax.plot([r[x] for r in rows], [r.get(key, float("nan")) for r in rows], label=name)
+        ax.set_xlabel(label)
+        ax.set_ylim(0, 1.02)
+    axes[0].set_ylabel("held-out accuracy (teacher-forced)")
+    axes[0].legend(fontsize=7)
+    fig.suptitle("learning curves")
     fig.tight_layout()
     fig.savefig(out)
     plt.close(fig)

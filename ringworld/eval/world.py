@@ -17,14 +17,16 @@ Every task draws ``samples`` episodes from seeds training never uses, the same o
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass, field, replace
+from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import torch
 
 from ringworld.data.sources import WorldSource
+from ringworld.infer.engine import Sampling
 from ringworld.infer.tasks import (
     DEFAULT_GUIDANCE,
+    DRAWING,
     WorldModel,
     answer,
     caption_images,
@@ -118,7 +120,9 @@ def perplexity(wm: WorldModel, cfg: TaskConfig, *, rows: int = 16, seq_len: int 
     """exp(mean cross-entropy) of text and of vision targets over held-out packed world documents."""
     source = WorldSource(wm.codec, seq_len=seq_len, rows=rows, seed=seed, task_config=cfg, caption_dropout=0.0)
     batch = source.batch(0).to(wm.engine.device)
-    logits = wm.engine.model(batch.ids, segment_ids=batch.segment_ids, positions=batch.positions)
+    logits = wm.engine.model(batch.ids, segment_ids=batch.segment_ids, positions=batch.positions).float()
+    if wm.engine.logit_bias is not None:
+        logits = logits + wm.engine.logit_bias
     sums, counts = modality_sums(logits.float(), batch), modality_counts(batch)
     per = (sums.double() / counts.clamp(min=1)).tolist()
     return {
@@ -133,6 +137,7 @@ def evaluate(
     samples: int = 100,
     horizon: int = 4,
     guidance: float = DEFAULT_GUIDANCE,
+    sampling: Sampling = DRAWING,
     seed: int = EVAL_SEED,
     psnr_frames: int = 500,
     progress: bool = True,
@@ -161,7 +166,7 @@ def evaluate(
         if bar is not None:
             bar.set_postfix_str(task)
         episodes = _episodes(task, samples, replace(cfg, video_frames=frames.get(task, cfg.video_frames)), seed)
-        found, shown = run(wm, episodes, world, guidance)
+        found, shown = run(wm, episodes, world, guidance, sampling)
         metrics.update(found)
         examples[task] = shown
         if bar is not None:
@@ -169,36 +174,37 @@ def evaluate(
     metrics.update(perplexity(wm, cfg, seed=seed))
     metrics["tokenizer_psnr"] = evaluate_vision(wm.codec.vision, world, psnr_frames)["psnr"]
     metrics["eval_samples_per_task"] = samples
+    metrics["drawing"] = asdict(sampling) | {"guidance": guidance}  # how images and videos were sampled
     if bar is not None:
         bar.update()
         bar.close()
     return Evaluation(metrics, examples)
 
 
-def _t2i(wm, episodes, world, guidance):
+def _t2i(wm, episodes, world, guidance, sampling):
     captions = [e.document[0].text for e in episodes]
-    images = generate_images(wm, captions, guidance=guidance)
+    images = generate_images(wm, captions, guidance=guidance, sampling=sampling)
     parsed = parse_frames(images, world)
     right = [scene_matches(p, e.states[0].objects, world) for p, e in zip(parsed, episodes, strict=True)]
     return {"t2i_accuracy": _mean(right)}, {"prompts": captions, "images": images, "correct": right}
 
 
-def _caption(wm, episodes, world, guidance):
+def _caption(wm, episodes, world, guidance, sampling):
     images = np.stack([e.document[0].pixels for e in episodes])
     said = caption_images(wm, images)
     right = [caption_matches(c, e.states[0]) for c, e in zip(said, episodes, strict=True)]
     return {"caption_accuracy": _mean(right)}, {"images": images, "captions": said, "correct": right}
 
 
-def _t2v(wm, episodes, world, guidance):
+def _t2v(wm, episodes, world, guidance, sampling):
     captions = [e.document[0].text for e in episodes]
     frames = len(episodes[0].states)
-    videos = generate_videos(wm, captions, frames, guidance=guidance)
+    videos = generate_videos(wm, captions, frames, guidance=guidance, sampling=sampling)
     right = [video_matches(v, e.states, world) for v, e in zip(videos, episodes, strict=True)]
     return {"t2v_accuracy": _mean(right)}, {"prompts": captions, "videos": videos, "correct": right}
 
 
-def _predict(wm, episodes, world, guidance):
+def _predict(wm, episodes, world, guidance, sampling):
     clips = np.stack([e.document[0].pixels for e in episodes])  # (N, T, H, W, 3)
     future = predict(wm, clips[:, :CONTEXT_FRAMES], clips.shape[1] - CONTEXT_FRAMES)  # (N, K, H, W, 3)
     parsed = [parse_frames(f, world) for f in future]
@@ -210,7 +216,7 @@ def _predict(wm, episodes, world, guidance):
     return {"predict_accuracy": per_step}, shown
 
 
-def _act(wm, episodes, world, guidance):
+def _act(wm, episodes, world, guidance, sampling):
     clips = np.stack([e.document[0].pixels for e in episodes])
     actions = [e.actions for e in episodes]
     future = rollout(wm, clips[:, 0], actions)  # (N, A, H, W, 3)
@@ -223,7 +229,7 @@ def _act(wm, episodes, world, guidance):
     return {"action_accuracy": _mean(np.ravel(right)), "action_accuracy_per_step": per_step}, shown
 
 
-def _qa(wm, episodes, world, guidance):
+def _qa(wm, episodes, world, guidance, sampling):
     seen = [e.document[0].pixels for e in episodes]
     questions = [e.document[1].text for e in episodes]
     said = answer(wm, seen, questions)

@@ -199,6 +199,7 @@ class Engine:
         *,
         compile: bool = False,
         context_parallel: ProcessGroup | None = None,
+        logit_bias: torch.Tensor | None = None,
     ) -> None:
         if model.cfg.vocab_size != codec.vocab.size:
             raise ValueError(
@@ -210,6 +211,8 @@ class Engine:
         self.dtype = next(model.parameters()).dtype
         self.grammar = SpanGrammar(codec, self.device)
         self.pad = codec.vocab.special("<|pad|>")
+        # (V,) added to every step's logits: what undoes a training loss weight (``background_logit_bias``)
+        self.logit_bias = None if logit_bias is None else logit_bias.to(self.device, torch.float32)
         self._forward = torch.compile(self._decode_step, dynamic=False) if compile else self._decode_step
         # with a group, prompts prefill through ring attention (each rank a zigzag shard of every row)
         # and the gathered keys and values fill every rank's cache; decoding then runs on each rank alike
@@ -338,6 +341,8 @@ class Engine:
 
             steps = tqdm(steps, desc="generate", unit="tok", leave=False)
         for t in steps:
+            if self.logit_bias is not None:
+                logits = logits + self.logit_bias
             if guided:
                 logits = guide(logits[:B], logits[B:], guidance)
             else:

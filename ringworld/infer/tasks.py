@@ -4,7 +4,7 @@
 | -------------- | --------------------------------------------- | --------------------------------- |
 | generate_image | <|bos|> caption <|image|>                     | one image (guided by the caption) |
 | generate_video | <|bos|> caption <|video|>                     | ``frames`` frames                 |
-| caption        | <|bos|> image                                 | text up to <|eos|>                |
+| caption        | <|bos|> image instruction <|sep|>             | text up to <|eos|>                |
 | predict        | <|bos|> <|video|> context frames              | the next frames                   |
 | rollout        | <|bos|> <|video|> frame <|eof|>, then actions | one frame after each action       |
 | ask            | <|bos|> image or video, question <|sep|>      | the answer up to <|eos|>          |
@@ -29,9 +29,15 @@ from ringworld.infer.engine import GREEDY, Engine, Sampling
 from ringworld.jobs.tokenizer import tokenizer_world
 from ringworld.tokens.bundle import load_codec
 from ringworld.train.checkpoint import load_model, read_config
+from ringworld.train.loss import background_logit_bias
+from ringworld.world.captions import CAPTION_PROMPT
 from ringworld.world.sim import WorldConfig
 
 DEFAULT_GUIDANCE = 3.0
+# Images and videos are sampled, not greedy: a caption places an object in a region of several
+# cells, and greedy decoding puts it where the model is surest or nowhere (LlamaGen and Emu3 sample
+# too). Measured against greedy and other settings by bench/sampling.py (docs/results.md, #11).
+DRAWING = Sampling(temperature=1.0, top_k=0, top_p=1.0, seed=0)
 
 
 @dataclass
@@ -66,8 +72,15 @@ def load_world_model(
     device = torch.device(device) if device is not None else default_device()
     model, checkpoint = load_model(run, device)
     codec = load_codec(checkpoint / "tokenizer", device=device)
-    frames = int(read_config(checkpoint)["train"].get("video_frames", 4))
-    engine = Engine(model, codec, compile=compile, context_parallel=context_parallel)
+    config = read_config(checkpoint)
+    frames = int(config["train"].get("video_frames", 4))
+    code = config.get("background_code")
+    bias = background_logit_bias(
+        model.cfg.vocab_size,
+        None if code is None else codec.vocab.code_id(code),
+        config["train"].get("background_weight", 1.0),
+    )
+    engine = Engine(model, codec, compile=compile, context_parallel=context_parallel, logit_bias=bias)
     return WorldModel(engine, tokenizer_world(checkpoint / "tokenizer"), checkpoint, max(2, frames))
 
 
@@ -131,7 +144,7 @@ def generate_images(
     captions: Sequence[str],
     *,
     guidance: float = DEFAULT_GUIDANCE,
-    sampling: Sampling = GREEDY,
+    sampling: Sampling = DRAWING,
     batch_size: int = 64,
 ) -> np.ndarray:
     """One image per caption: (N, H, W, 3) uint8."""
@@ -144,7 +157,7 @@ def generate_videos(
     frames: int,
     *,
     guidance: float = DEFAULT_GUIDANCE,
-    sampling: Sampling = GREEDY,
+    sampling: Sampling = DRAWING,
     batch_size: int = 64,
 ) -> np.ndarray:
     """One video of ``frames`` frames per caption: (N, T, H, W, 3) uint8. Past the length the
@@ -168,9 +181,9 @@ def _text_answers(wm: WorldModel, prompts: list[np.ndarray], max_new_tokens: int
 
 
 def caption_images(wm: WorldModel, images: np.ndarray, *, max_new_tokens: int = 64, batch_size: int = 64) -> list[str]:
-    """A caption for each image (N, H, W, 3) uint8."""
-    prompts = [_prompt(wm, [Image(pixels=image)]) for image in images]
-    return _text_answers(wm, prompts, max_new_tokens, batch_size)
+    """A caption for each image (N, H, W, 3) uint8: the answer to the caption instruction."""
+    documents = [[Image(pixels=image), Text(CAPTION_PROMPT)] for image in images]
+    return answer_documents(wm, documents, max_new_tokens=max_new_tokens, batch_size=batch_size)
 
 
 def answer(

@@ -60,7 +60,10 @@ class TrainConfig:
     grad_accum: int = 1
     steps: int = 1000
     max_seconds: float = 0.0  # > 0: stop after this much training time; the schedule follows
-    lr: float = 3e-3
+    optimizer: str = "muon"  # muon: Muon for the blocks' matrices, AdamW for the rest; adamw: AdamW for all
+    lr: float = 3e-3  # AdamW's peak lr
+    muon_lr: float = 0.02  # Muon's peak lr (the schedule scales both alike)
+    muon_momentum: float = 0.95
     min_lr_ratio: float = 0.1
     warmup: int = 50
     weight_decay: float = 0.1
@@ -68,9 +71,14 @@ class TrainConfig:
     grad_clip: float = 1.0
     text_weight: float = 0.5
     vision_weight: float = 0.5
+    # loss weight of targets that are the background code (the most frequent visual code of the
+    # first batch); inference adds log(1 / weight) to its logit, which undoes the bias the weight teaches
+    background_weight: float = 0.1
     caption_dropout: float = 0.1
     seed: int = 0
-    dtype: str = "auto"  # auto: bf16 autocast on an accelerator, fp32 on the CPU
+    dtype: str = (
+        "auto"  # auto: bf16 autocast where bf16 is fast (accelerators, CPUs with AVX512-BF16 or AMX), else fp32
+    )
     compile: bool = True  # torch.compile each block; eager (with a notice) where no compiler is found
     activation_checkpointing: bool = False
     attention: str = "auto"  # attention kernel: auto (measured choice), blockwise, documents, mask or flex
@@ -80,6 +88,7 @@ class TrainConfig:
     # weights; each a dict of seq_len, rope_theta, steps and optionally batch_size
     stages: list[dict] = field(default_factory=list)
     log_every: int = 10
+    eval_every: int = 100  # held-out learning curves every this many steps (world data; 0 = off)
     save_every: int = 500
     keep: int = 2
     tensorboard: bool = True
@@ -90,12 +99,26 @@ class TrainConfig:
         for name in ("seq_len", "batch_size", "grad_accum", "steps", "log_every", "save_every", "keep"):
             if getattr(self, name) < 1:
                 problems.append(f"{name} must be at least 1 (got {getattr(self, name)})")
+        if self.eval_every < 0 or (self.eval_every and self.eval_every % self.log_every):
+            problems.append(
+                f"eval_every must be 0 (off) or a multiple of log_every {self.log_every} (got {self.eval_every})"
+            )
         if self.dtype not in ("auto", "fp32", "bf16"):
             problems.append(f"dtype must be auto, fp32 or bf16 (got {self.dtype!r})")
         if self.tasks is not None and set(self.tasks) - set(TASKS):
             problems.append(f"unknown task(s) {sorted(set(self.tasks) - set(TASKS))}; tasks are {', '.join(TASKS)}")
         if self.text_weight < 0 or self.vision_weight < 0 or self.text_weight + self.vision_weight <= 0:
             problems.append(f"loss weights must be >= 0 and not both 0 (got {self.text_weight}, {self.vision_weight})")
+        if self.optimizer not in ("muon", "adamw"):
+            problems.append(f"optimizer must be muon or adamw (got {self.optimizer!r})")
+        if self.muon_lr <= 0 or not 0 <= self.muon_momentum < 1:
+            problems.append(
+                f"muon_lr must be > 0 and muon_momentum in [0, 1) (got {self.muon_lr}, {self.muon_momentum})"
+            )
+        if not 0 < self.background_weight <= 1:
+            problems.append(
+                f"background_weight lies in (0, 1] (got {self.background_weight}); 1 weighs it as any target"
+            )
         if not 0 <= self.caption_dropout < 1:
             problems.append(f"caption dropout is a probability in [0, 1) (got {self.caption_dropout})")
         if self.lr <= 0 or self.grad_clip <= 0 or self.weight_decay < 0 or self.warmup < 0:

@@ -26,13 +26,15 @@ from tqdm.auto import tqdm
 from ringworld.data.packing import PAD_SEGMENT, PackedBatch
 from ringworld.data.shards import ShardDataset
 from ringworld.data.sources import ShardSource, WorldSource
+from ringworld.eval.curves import HeldOutCurves
 from ringworld.io import atomic_directory, atomic_write_text
 from ringworld.jobs.tokenizer import tokenizer_world
 from ringworld.model.transformer import ModelConfig, Transformer
 from ringworld.parallel.mesh import Distributed, build_model, init_distributed, shutdown
 from ringworld.parallel.ring import zigzag_shard
-from ringworld.perf import measured_peak_flops
+from ringworld.perf import fast_bf16, measured_peak_flops
 from ringworld.tokens.bundle import load_codec
+from ringworld.tokens.vocab import Vocab
 from ringworld.train.checkpoint import (
     check_same_shape,
     checkpoint_name,
@@ -46,12 +48,16 @@ from ringworld.train.checkpoint import (
 from ringworld.train.config import TrainConfig
 from ringworld.train.loss import (
     LossWeights,
+    background_logit_bias,
     balanced_loss,
     check_has_targets,
     modality_counts,
     modality_sums,
+    most_frequent_code,
     per_modality_means,
+    weigh_background,
 )
+from ringworld.train.optim import Optimizers, make_optimizer, set_hyperparameters
 from ringworld.world.sim import WorldConfig
 from ringworld.world.tasks import NEEDLE_TASKS, TaskConfig, fit_needles
 
@@ -62,6 +68,8 @@ class TrainResult:
     checkpoint: Path | None
     history: list[dict]  # one entry per step trained in this call
     is_main: bool = True  # rank 0 (the process that prints)
+    tokens_seen: int = 0  # real (not padding) tokens trained on, all ranks, this call
+    seconds: float = 0.0  # training time of this call: its steps (compiling included), not checkpoints or curves
 
 
 def lr_at(cfg: TrainConfig, step: int, elapsed: float) -> float:
@@ -74,24 +82,6 @@ def lr_at(cfg: TrainConfig, step: int, elapsed: float) -> float:
         progress = max(progress, elapsed / cfg.max_seconds)
     progress = min(1.0, progress)
     return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
-
-
-def make_optimizer(model: torch.nn.Module, cfg: TrainConfig, device: torch.device) -> torch.optim.AdamW:
-    """AdamW (the fused kernel where there is one: 3-5x faster steps on CPU than foreach); matrices
-    decay, norms do not."""
-    params = [p for p in model.parameters() if p.requires_grad]
-    groups = [{"params": [p for p in params if p.ndim >= 2]}, {"params": [p for p in params if p.ndim < 2]}]
-    optimizer = torch.optim.AdamW(groups, lr=cfg.lr, eps=1e-8, fused=device.type in ("cpu", "cuda"))
-    set_hyperparameters(optimizer, cfg)
-    return optimizer
-
-
-def set_hyperparameters(optimizer: torch.optim.Optimizer, cfg: TrainConfig) -> None:
-    """Weight decay (matrices only) and betas from ``cfg``; the lr is set every step by the schedule."""
-    decay, no_decay = optimizer.param_groups
-    decay["weight_decay"], no_decay["weight_decay"] = cfg.weight_decay, 0.0
-    for group in optimizer.param_groups:
-        group["betas"] = cfg.betas
 
 
 def make_source(cfg: TrainConfig, codec, world: WorldConfig = WorldConfig()) -> WorldSource | ShardSource:
@@ -181,7 +171,7 @@ def train_stages(cfg: TrainConfig, d: Distributed, *, resume: bool, progress: bo
     its own in ``out/stage_K`` that starts from the previous stage's last weights (the first from
     ``init_from``, if given). Resuming finishes the stage in progress and runs the rest."""
     history: list[dict] = []
-    result = None
+    tokens, seconds = 0, 0.0
     init_from = cfg.init_from
     for stage in cfg.stage_configs():
         latest = latest_checkpoint(stage.out)
@@ -195,9 +185,10 @@ def train_stages(cfg: TrainConfig, d: Distributed, *, resume: bool, progress: bo
             stage = replace(stage, init_from=init_from)
             result = _train(stage, d, resume=resume and latest is not None, stop_at=None, progress=progress)
             history += result.history
+            tokens, seconds = tokens + result.tokens_seen, seconds + result.seconds
         init_from = stage.out
     last = latest_checkpoint(cfg.stage_configs()[-1].out)
-    return TrainResult(Path(cfg.out), last, history, d.is_main)
+    return TrainResult(Path(cfg.out), last, history, d.is_main, tokens, seconds)
 
 
 def _train(cfg: TrainConfig, d: Distributed, *, resume: bool, stop_at: int | None, progress: bool) -> TrainResult:
@@ -208,7 +199,7 @@ def _train(cfg: TrainConfig, d: Distributed, *, resume: bool, stop_at: int | Non
     resume_from = _prepare_run(cfg, run, resume, d)
     codec = load_codec(run / "tokenizer")
     model_cfg = cfg.model_config(codec.vocab.size, base=read_config(init)["model"] if init is not None else None)
-    bf16 = cfg.dtype == "bf16" or (cfg.dtype == "auto" and d.device.type != "cpu")
+    bf16 = cfg.dtype == "bf16" or (cfg.dtype == "auto" and fast_bf16(d.device))
     model = build_model(
         model_cfg,
         d,
@@ -224,6 +215,8 @@ def _train(cfg: TrainConfig, d: Distributed, *, resume: bool, stop_at: int | Non
     optimizer = make_optimizer(model, cfg, d.device)
     source = make_source(cfg, codec, tokenizer_world(run / "tokenizer"))
     rows = _global_rows(cfg, d)
+    background = _background_code(source, codec.vocab, resume_from or init)
+    background_id = None if background is None else codec.vocab.code_id(background)
 
     start, elapsed, tokens_seen = 0, 0.0, 0
     if resume_from is not None:
@@ -231,7 +224,15 @@ def _train(cfg: TrainConfig, d: Distributed, *, resume: bool, stop_at: int | Non
         set_hyperparameters(optimizer, cfg)  # the checkpoint's param groups carry the old ones
         source.load_state_dict(state["data"])
         start, elapsed, tokens_seen = state["step"], state["elapsed_seconds"], state["tokens_seen"]
-    config = {"model": model_cfg.to_dict(), "train": cfg.to_dict()}
+    tokens_at_start, seconds_at_start = tokens_seen, elapsed
+    config = {"model": model_cfg.to_dict(), "train": cfg.to_dict(), "background_code": background}
+    curves = None
+    if cfg.eval_every and isinstance(source, WorldSource) and background is not None:
+        if d.cp_group is None:
+            curves = HeldOutCurves(codec, source.task_config, background, seq_len=cfg.seq_len)
+        elif d.is_main and progress:
+            print("held-out curves are not measured under context parallelism (--cp > 1)")
+    logit_bias = background_logit_bias(model_cfg.vocab_size, background_id, cfg.background_weight)
     if d.is_main:  # only now: a refused resume leaves the run's settings as they were
         atomic_write_text(run / "config.json", json.dumps(config, indent=2) + "\n")
 
@@ -266,9 +267,10 @@ def _train(cfg: TrainConfig, d: Distributed, *, resume: bool, stop_at: int | Non
                 break
             t0 = time.perf_counter()
             lr = lr_at(cfg, step, elapsed)
-            for group in optimizer.param_groups:
-                group["lr"] = lr
+            optimizer.scale_lr(lr / cfg.lr)
             batch = batches.next()  # this data-parallel group's whole rows
+            if background_id is not None:
+                batch = weigh_background(batch, background_id, cfg.background_weight)
             real, flops = batch.num_real_tokens() * d.dp, useful_flops(model_cfg, batch) * d.dp
             sums, counts, grad_norm = train_step(model, optimizer, shard_rows(batch, d), cfg, weights, d, autocast)
             step += 1
@@ -284,6 +286,8 @@ def _train(cfg: TrainConfig, d: Distributed, *, resume: bool, stop_at: int | Non
             if step % cfg.log_every == 0 or step == end:
                 seconds = time.perf_counter() - window["start"]
                 record |= {"tokens_per_s": window["tokens"] / seconds, "mfu": window["flops"] / seconds / peak}
+                if curves is not None and (step % cfg.eval_every == 0 or step == end):
+                    record |= {"seconds": elapsed} | {f"heldout/{k}": v for k, v in curves(model, logit_bias).items()}
                 logger.log(record, bar)
             if step % cfg.save_every == 0 and step < end:
                 checkpoint = save(step)
@@ -291,7 +295,19 @@ def _train(cfg: TrainConfig, d: Distributed, *, resume: bool, stop_at: int | Non
                 window = {"tokens": 0, "flops": 0.0, "start": time.perf_counter()}
     if step > start and (checkpoint is None or checkpoint.name != checkpoint_name(step)):
         checkpoint = save(step)
-    return TrainResult(run, checkpoint, history, d.is_main)
+    return TrainResult(run, checkpoint, history, d.is_main, tokens_seen - tokens_at_start, elapsed - seconds_at_start)
+
+
+def _background_code(source: WorldSource | ShardSource, vocab: Vocab, earlier: Path | None) -> int | None:
+    """The code whose targets ``background_weight`` weighs: an earlier checkpoint's (resume,
+    ``init_from``), else the most frequent visual target of the first global batch (the same on
+    every rank; the source is left where it was)."""
+    if earlier is not None and "background_code" in read_config(earlier):
+        return read_config(earlier)["background_code"]
+    state = source.state_dict()
+    batch = source.next_batch()
+    source.load_state_dict(state)
+    return most_frequent_code(batch, vocab)
 
 
 def useful_flops(cfg: ModelConfig, batch: PackedBatch) -> float:
@@ -374,7 +390,7 @@ class _StopRequest:
 
 def train_step(
     model: Transformer,
-    optimizer: torch.optim.Optimizer,
+    optimizer: Optimizers,
     batch: PackedBatch,  # this rank's rows of the global batch (its zigzag slices under cp), on the CPU
     cfg: TrainConfig,
     weights: LossWeights,
@@ -442,6 +458,7 @@ class _Logger:
     def __init__(self, run: Path, cfg: TrainConfig, d: Distributed, start: int) -> None:
         self.active = d.is_main
         self.writer = None
+        self.skills = ""  # the last held-out object accuracies, kept on the progress bar
         if not self.active:
             return
         path = run / "metrics.jsonl"
@@ -462,12 +479,17 @@ class _Logger:
             return
         self.file.write(json.dumps(record) + "\n")
         self.file.flush()
+        if "heldout/t2i_object_acc" in record:
+            self.skills = "  objects: " + " ".join(
+                f"{name} {record[f'heldout/{name}_object_acc']:.2f}" for name in ("t2i", "t2v", "predict", "act")
+            )
         bar.set_postfix_str(
             f"loss {record['loss']:.3f} text {record['text_loss']:.3f} vision {record['vision_loss']:.3f} "
-            f"{record['tokens_per_s']:,.0f} tok/s MFU {record['mfu']:.1%}"
+            f"{record['tokens_per_s']:,.0f} tok/s MFU {record['mfu']:.1%}{self.skills}"
         )
         if self.writer is not None:
-            for key, tag in TENSORBOARD_TAGS.items():
+            tags = TENSORBOARD_TAGS | {key: key for key in record if key.startswith("heldout/")}
+            for key, tag in tags.items():
                 if math.isfinite(record[key]):
                     self.writer.add_scalar(tag, record[key], record["step"])
 

@@ -8,13 +8,14 @@ give the same loss and gradients as one big batch.
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+import math
+from dataclasses import dataclass, replace
 
 import torch
 import torch.nn.functional as F
 
 from ringworld.data.packing import IGNORE, PackedBatch
-from ringworld.tokens.vocab import MODALITY_TEXT, MODALITY_VISION
+from ringworld.tokens.vocab import MODALITY_TEXT, MODALITY_VISION, Vocab
 
 MODALITIES = {"text": MODALITY_TEXT, "vision": MODALITY_VISION}
 
@@ -72,3 +73,32 @@ def per_modality_means(sums: torch.Tensor, counts: torch.Tensor) -> dict[str, fl
     return {
         name: (float(sums[m]) / float(counts[m])) if counts[m] > 0 else float("nan") for name, m in MODALITIES.items()
     }
+
+
+def most_frequent_code(batch: PackedBatch, vocab: Vocab) -> int | None:
+    """The visual code (not id) most often a target in ``batch``: a frame's background. None without vision targets."""
+    targets = batch.targets[batch.weights > 0]
+    codes = targets[(targets >= vocab.code_ids.start) & (targets < vocab.code_ids.stop)] - vocab.code_ids.start
+    return int(codes.bincount().argmax()) if codes.numel() else None
+
+
+def weigh_background(batch: PackedBatch, code_id: int, weight: float) -> PackedBatch:
+    """``batch`` with the loss weight of every target ``code_id`` multiplied by ``weight``.
+
+    A frame is mostly background: at full weight its cells are nearly all of the vision loss, and
+    the model first learns to paint background everywhere and objects nowhere (issue #11)."""
+    if weight == 1:
+        return batch
+    weights = torch.where(batch.targets == code_id, batch.weights * weight, batch.weights)
+    return replace(batch, weights=weights)
+
+
+def background_logit_bias(vocab_size: int, code_id: int | None, weight: float) -> torch.Tensor | None:
+    """(V,) what to add to the logits of a model trained with ``weigh_background``: a target class
+    weighted ``w`` is learned with probability ``w x`` its true odds, so ``log(1 / w)`` on its logit
+    restores them (logit adjustment, Menon et al. 2021). None when there is nothing to undo."""
+    if code_id is None or weight == 1:
+        return None
+    bias = torch.zeros(vocab_size)
+    bias[code_id] = -math.log(weight)
+    return bias

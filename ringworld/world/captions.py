@@ -27,6 +27,7 @@ _MIDDLE = ("in the middle", "in the center", "near the center")
 _MOVING = ("moving {d}", "heading {d}", "drifting {d}")
 _STILL = ("standing still", "not moving", "at rest")
 _OPENERS = ("", "there is ", "we see ", "the scene shows ")
+CAPTION_PROMPT = "describe the scene."  # the instruction a caption answers (image -> text)
 
 
 def region(obj: Obj, config: WorldConfig) -> tuple[str, str]:
@@ -62,8 +63,8 @@ def _region_phrase(row: str, column: str, rng: np.random.Generator) -> str:
         return _pick(_MIDDLE, rng)
     if row == "middle":
         return _pick(_SIDE, rng).format(c=column)
-    if column == "center":
-        return _pick(_TOP_BOTTOM, rng).format(r=r)
+    if column == "center":  # "upper"/"lower" need a noun after them: here the row's own word
+        return _pick(_TOP_BOTTOM, rng).format(r=row)
     return _pick(_CORNER, rng).format(r=r, c=column)
 
 
@@ -83,8 +84,11 @@ def describe_object(obj: Obj, config: WorldConfig, rng: np.random.Generator, mot
 
 
 def caption(state: State, rng: np.random.Generator, motion: bool = False) -> str:
-    """A caption naming every object, where it is, and (``motion=True``) how it moves."""
-    order = rng.permutation(len(state.objects))
+    """A caption naming every object in reading order (top to bottom, then left to right), where it
+    is, and (``motion=True``) how it moves."""
+    # objects in reading order, the order an image is drawn in: the next object to draw is the next
+    # one named (measured: text->image and captions learned faster than with a random order, #11)
+    order = sorted(range(len(state.objects)), key=lambda i: (state.objects[i].y, state.objects[i].x))
     parts = [describe_object(state.objects[i], state.config, rng, motion) for i in order]
     joined = parts[0] if len(parts) == 1 else ", ".join(parts[:-1]) + " and " + parts[-1]
     text = _pick(_OPENERS, rng) + joined

@@ -3,7 +3,7 @@
 | task          | document                                              | loss on          |
 | ------------- | ----------------------------------------------------- | ---------------- |
 | text_to_image | Text(caption), Image                                  | the image        |
-| image_to_text | Image, Text(caption)                                  | the caption      |
+| image_to_text | Image, Text(instruction), Text(caption)               | the caption      |
 | text_to_video | Text(caption with motion), Video                      | the video        |
 | predict       | Video(frames: the first ``context`` then the future)  | every frame      |
 | act           | Video(frames, actions between them), agent present    | the frames       |
@@ -24,7 +24,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from ringworld.documents import ACTIONS, Document, Image, Text, Video
-from ringworld.world.captions import caption, question
+from ringworld.world.captions import CAPTION_PROMPT, caption, question
 from ringworld.world.needle import CodecLike, Needle, haystack_size, needle_limits, text_needle, video_needle
 from ringworld.world.sim import State, WorldConfig, random_state, render, rollout
 
@@ -57,7 +57,9 @@ def text_to_image(rng: np.random.Generator, cfg: TaskConfig) -> TaskSample:
 
 def image_to_text(rng: np.random.Generator, cfg: TaskConfig) -> TaskSample:
     state = random_state(rng, cfg.world, agent=False)
-    doc = [Image(pixels=render(state), loss=False), Text(caption(state, rng))]
+    # an instruction, as QA has its question: after an image, training has a caption, a question or
+    # <|eos|> follow, and without one a caption's first word has no clear start
+    doc = [Image(pixels=render(state), loss=False), Text(CAPTION_PROMPT, loss=False), Text(caption(state, rng))]
     return TaskSample("image_to_text", doc, [state])
 
 
@@ -166,5 +168,5 @@ def caption_corpus(n: int, seed: int = 0, cfg: TaskConfig = TaskConfig()) -> lis
         states = rollout(random_state(rng, cfg.world, agent=bool(i % 2)), 1)
         video = bool(i % 3 == 0)
         q, a = question(states[0], rng, video=video)
-        corpus += [caption(states[0], rng, motion=video), q, a]
+        corpus += [caption(states[0], rng, motion=video), q, a, CAPTION_PROMPT]
     return corpus

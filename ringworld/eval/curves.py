@@ -1,0 +1,127 @@
+"""Learning curves: teacher-forced skill on held-out world documents, cheap enough to log every few
+dozen training steps (``ringworld train --eval-every N``).
+
+The oracle's scores (``ringworld.eval.world``) judge free-running generations and take a while;
+these read one forward per task and say early whether the model is learning *objects*, not just the
+background every frame is mostly made of.
+
+| key                            | on                                                       |
+| ------------------------------ | -------------------------------------------------------- |
+| t2i_object_loss / _acc         | text→image: image cells that are not the background code |
+| t2v_object_loss / _acc         | text→video: the same, every frame                        |
+| predict_object_loss / _acc     | prediction: object cells of the frames the context fixes |
+| predict_cell_acc / _frame_acc  | those frames: every cell; frames with every cell right   |
+| act_object_loss / _acc, ...    | the same for frames after actions                        |
+| caption_token_acc              | image→text: the caption's tokens                         |
+| qa_token_acc                   | questions: the answer's tokens                           |
+
+Frames the context fixes are those from the third on: two frames show every velocity (and, with
+actions, where the agent goes), so the third is determined; the second is not for objects whose
+velocity the first frame cannot show. Accuracy is the argmax's; loss is in nats.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+
+from ringworld.data.packing import IGNORE, PackedBatch, pack
+from ringworld.tokens.codec import Codec
+from ringworld.world.tasks import TaskConfig, sample_task
+
+CURVES_SEED = 7_000_011  # held-out documents: neither training's (seed, step, row) nor the oracle eval's
+DETERMINED_FROM = 2  # the first video frame the context fixes
+TASK_KEYS = {  # world task -> the name its metrics go under
+    "text_to_image": "t2i",
+    "text_to_video": "t2v",
+    "predict": "predict",
+    "act": "act",
+    "image_to_text": "caption",
+    "qa": "qa",
+}
+
+
+class HeldOutCurves:
+    """Held-out documents of every scored world task, packed once; call with a model for the metrics."""
+
+    def __init__(
+        self,
+        codec: Codec,
+        task_config: TaskConfig,
+        background_code: int,
+        *,
+        documents: int = 24,
+        seq_len: int = 512,
+        seed: int = CURVES_SEED,
+    ) -> None:
+        vocab = codec.vocab
+        self.background = vocab.code_id(background_code)
+        self.codes = vocab.code_ids
+        self.eof = vocab.special("<|eof|>")
+        self.batches: dict[str, PackedBatch] = {}
+        for task in TASK_KEYS:
+            rng = np.random.default_rng([seed, sum(map(ord, task))])
+            docs = [codec.encode(sample_task(task, rng, task_config).document) for _ in range(documents)]
+            longest = max(map(len, docs))
+            self.batches[task] = pack(docs, max(seq_len, longest), vocab.special("<|pad|>"))
+
+    def frame_of_target(self, batch: PackedBatch) -> torch.Tensor:
+        """(B, T) the video frame each target belongs to (0 in images and text): the <|eof|>s before
+        it in its own document."""
+        eof = (batch.ids == self.eof).long()
+        seen = eof.cumsum(1)  # <|eof|>s up to and including each token
+        first = torch.ones_like(batch.segment_ids, dtype=torch.bool)
+        first[:, 1:] = batch.segment_ids[:, 1:] != batch.segment_ids[:, :-1]
+        before_document = torch.where(first, seen - eof, torch.zeros_like(seen)).cummax(1).values
+        return seen - before_document
+
+    @torch.inference_mode()
+    def __call__(self, model: torch.nn.Module, logit_bias: torch.Tensor | None = None) -> dict[str, float]:
+        """The metrics of the module docstring; ``logit_bias`` (V,) is added to the logits, as the
+        engine does when sampling."""
+        was_training = model.training
+        model.eval()
+        device = next(model.parameters()).device
+        out: dict[str, float] = {}
+        try:
+            for task, batch in self.batches.items():
+                on = batch.to(device)
+                logits = model(on.ids, segment_ids=on.segment_ids, positions=on.positions).float()
+                if logit_bias is not None:
+                    logits = logits + logit_bias.to(device)
+                out |= self._metrics(TASK_KEYS[task], batch, logits.cpu())
+        finally:
+            model.train(was_training)
+        return out
+
+    def _metrics(self, key: str, batch: PackedBatch, logits: torch.Tensor) -> dict[str, float]:
+        scored = batch.weights > 0
+        predicted = logits.argmax(-1)
+        right = predicted == batch.targets
+        if key in ("caption", "qa"):
+            return {f"{key}_token_acc": _mean(right[scored])}
+        nll = F.cross_entropy(logits.flatten(0, 1), batch.targets.flatten(), ignore_index=IGNORE, reduction="none")
+        nll = nll.view_as(right)
+        cells = scored & (batch.targets >= self.codes.start) & (batch.targets < self.codes.stop)
+        if key in ("predict", "act"):
+            cells &= self.frame_of_target(batch) >= DETERMINED_FROM
+        objects = cells & (batch.targets != self.background)
+        found = {f"{key}_object_loss": _mean(nll[objects]), f"{key}_object_acc": _mean(right[objects])}
+        if key in ("predict", "act"):
+            found[f"{key}_cell_acc"] = _mean(right[cells])
+            found[f"{key}_frame_acc"] = _frames_right(batch, self.frame_of_target(batch), cells, right)
+        return found
+
+
+def _mean(values: torch.Tensor) -> float:
+    return round(float(values.float().mean()), 4) if values.numel() else float("nan")
+
+
+def _frames_right(batch: PackedBatch, frame: torch.Tensor, cells: torch.Tensor, right: torch.Tensor) -> float:
+    """The share of (document, frame) pairs among ``cells`` whose every cell is right."""
+    row = torch.arange(batch.ids.size(0))[:, None].expand_as(frame)
+    keys = (row * 100_000 + batch.segment_ids) * 1_000 + frame  # one key per (row, document, frame)
+    found, index = keys[cells].unique(return_inverse=True)
+    wrong = torch.zeros(len(found)).index_add_(0, index, (~right[cells]).float())
+    return round(float((wrong == 0).float().mean()), 4) if len(found) else float("nan")

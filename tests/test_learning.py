@@ -1,0 +1,127 @@
+"""What makes the world model learn (issue #11): the background weight and its inference-time
+correction, Muon, and the held-out learning curves that measure objects."""
+
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+import torch.nn.functional as F
+
+from ringworld.data.packing import pack
+from ringworld.documents import Image, Text, Video
+from ringworld.eval.curves import HeldOutCurves
+from ringworld.model.transformer import ModelConfig, Transformer
+from ringworld.tokens.bundle import load_codec
+from ringworld.train.config import TrainConfig
+from ringworld.train.loop import train
+from ringworld.train.loss import background_logit_bias, most_frequent_code, weigh_background
+from ringworld.train.optim import make_optimizer
+from ringworld.world.tasks import TaskConfig
+
+
+def test_the_logit_bias_undoes_the_background_weight():
+    """Fit free logits to a distribution under a weighted cross-entropy: the fit is biased against
+    the down-weighted class, and log(1 / w) on its logit restores the true probabilities."""
+    truth = torch.tensor([0.7, 0.2, 0.1])  # class 0 is the "background"
+    w = 0.1
+    logits = torch.zeros(3, requires_grad=True)
+    optimizer = torch.optim.LBFGS([logits], max_iter=200, line_search_fn="strong_wolfe")
+    class_weight = torch.tensor([w, 1.0, 1.0])
+
+    def closure():
+        optimizer.zero_grad()
+        loss = -(truth * class_weight * F.log_softmax(logits, -1)).sum()
+        loss.backward()
+        return loss
+
+    optimizer.step(closure)
+    learned = logits.detach().softmax(-1)
+    assert learned[0] < 0.25  # the weight alone teaches far too little background
+    corrected = (logits.detach() + background_logit_bias(3, 0, w)).softmax(-1)
+    torch.testing.assert_close(corrected, truth, atol=1e-4, rtol=0)
+    assert background_logit_bias(3, 0, 1.0) is None and background_logit_bias(3, None, 0.1) is None
+    assert background_logit_bias(3, 2, 0.5)[2] == pytest.approx(math.log(2))
+
+
+def test_background_is_the_most_frequent_code_and_only_its_targets_are_reweighted(world_tokenizer_dir):
+    codec = load_codec(world_tokenizer_dir)
+    frame = np.zeros((32, 32, 3), np.uint8)
+    frame[:8, :8] = (220, 30, 30)
+    docs = [codec.encode([Text("a red square", loss=False), Image(pixels=frame)])]
+    batch = pack(docs, 128, codec.vocab.special("<|pad|>"))
+    code = most_frequent_code(batch, codec.vocab)
+    assert code == int(np.bincount(codec.vision.encode(frame[None]).ravel()).argmax())
+    heavy = weigh_background(batch, codec.vocab.code_id(code), 0.1)
+    is_background = batch.targets == codec.vocab.code_id(code)
+    assert is_background.sum() > 40
+    torch.testing.assert_close(heavy.weights[is_background], batch.weights[is_background] * 0.1)
+    assert torch.equal(heavy.weights[~is_background], batch.weights[~is_background])
+    assert most_frequent_code(pack([codec.encode([Text("only words")])], 16, 0), codec.vocab) is None
+
+
+def test_muon_takes_the_block_matrices_and_adamw_the_rest():
+    model = Transformer(ModelConfig(vocab_size=64, dim=32, n_layers=2, n_heads=2, n_kv_heads=1, ffn_dim=64))
+    adamw, muon = make_optimizer(model, TrainConfig(out="x"), torch.device("cpu"))
+    names = {id(p): n for n, p in model.named_parameters()}
+    in_muon = {names[id(p)] for g in muon.param_groups for p in g["params"]}
+    assert in_muon == {n for n, p in model.named_parameters() if n.startswith("layers.") and p.ndim == 2}
+    in_adamw = {names[id(p)] for g in adamw.param_groups for p in g["params"]}
+    assert {"embed.weight", "head.weight", "norm.weight"} <= in_adamw and not in_adamw & in_muon
+    (only,) = make_optimizer(model, TrainConfig(out="x", optimizer="adamw"), torch.device("cpu"))
+    assert sum(len(g["params"]) for g in only.param_groups) == len(list(model.parameters()))
+
+
+def test_frames_of_targets_and_the_determined_frames(world_tokenizer_dir):
+    codec = load_codec(world_tokenizer_dir)
+    rng = np.random.default_rng(0)
+    clip = rng.integers(0, 255, (3, 32, 32, 3), dtype=np.uint8)
+    docs = [codec.encode([Text("words")]), codec.encode([Video(pixels=clip)])]
+    curves = HeldOutCurves(codec, TaskConfig(video_frames=3), 0, documents=2)
+    batch = pack(docs, 256, codec.vocab.special("<|pad|>"))
+    frame = curves.frame_of_target(batch)[0]
+    h, w = codec.grid
+    body = h * (w + 1) + 1  # a frame's rows and its <|eof|>
+    video_start = len(docs[0])  # <|bos|> of the video document
+    targets = batch.targets[0]
+    codes = (targets >= codec.vocab.code_ids.start) & (targets < codec.vocab.code_ids.stop)
+    frames_of_codes = frame[codes].tolist()
+    assert frames_of_codes == [0] * (h * w) + [1] * (h * w) + [2] * (h * w)
+    assert (frame[:video_start] == 0).all()  # the text document before it counts no frame
+    assert int(frame[video_start + 2 + body]) == 1  # the first target of frame 1
+
+
+def test_curves_are_finite_and_improve_with_training(world_tokenizer_dir, tmp_path):
+    run = tmp_path / "run"
+    cfg = TrainConfig(
+        out=str(run),
+        tokenizer=str(world_tokenizer_dir),
+        depth=1,
+        seq_len=512,
+        video_frames=3,
+        batch_size=4,
+        steps=60,
+        warmup=5,
+        log_every=10,
+        eval_every=10,
+        tensorboard=True,
+        compile=False,
+    )
+    train(cfg, progress=False)
+    rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    evals = [r for r in rows if "heldout/t2i_object_acc" in r]
+    assert [r["step"] for r in evals] == [10, 20, 30, 40, 50, 60]
+    keys = [k for k in evals[0] if k.startswith("heldout/")]
+    assert len(keys) == 14 and all(math.isfinite(r[k]) for r in evals for k in keys)
+    assert all(0 <= r[k] <= 1 for r in evals for k in keys if k.endswith("_acc"))
+    object_loss = [sum(r[f"heldout/{t}_object_loss"] for t in ("t2i", "t2v", "predict", "act")) for r in evals]
+    assert object_loss[-1] < object_loss[0] - 1.0, object_loss
+    assert evals[-1]["heldout/caption_token_acc"] > evals[0]["heldout/caption_token_acc"]
+    assert evals[-1]["seconds"] > evals[0]["seconds"] > 0
+    assert isinstance(json.loads((run / "config.json").read_text())["background_code"], int)
+    from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
+
+    events = EventAccumulator(str(run / "tensorboard"))
+    events.Reload()
+    assert [e.step for e in events.Scalars("heldout/predict_object_acc")] == [10, 20, 30, 40, 50, 60]
