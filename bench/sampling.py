@@ -1,11 +1,12 @@
-"""How should a world model draw? Oracle accuracy of text→image, text→video and prediction under
-several sampling settings, on one trained checkpoint, the eval's held-out episodes.
+"""How should a world model draw? Oracle accuracy of text→image and text→video under several
+sampling settings, on one trained checkpoint, the eval's held-out episodes (predictions and
+rollouts stay greedy: one future is right).
 
     python bench/sampling.py --checkpoint runs/demo/model              # the default grid, 100 episodes
     python bench/sampling.py --checkpoint RUN --samples 50 --json sampling.json
 
-Every setting uses the same episodes and the same sampling seed; guidance is ``--guidance`` for the
-two caption-conditioned tasks (prediction has no caption). The figures chose
+Every setting uses the same episodes and the same sampling seed, and guidance ``--guidance``. The
+figures chose
 ``ringworld.infer.tasks.DRAWING`` (docs/results.md, issue #11).
 """
 
@@ -14,7 +15,7 @@ from __future__ import annotations
 import argparse
 import json
 import time
-from dataclasses import asdict, replace
+from dataclasses import asdict
 
 import torch
 
@@ -32,11 +33,7 @@ SETTINGS = {
     "t=0.7": Sampling(temperature=0.7),
     "t=0.5": Sampling(temperature=0.5),
 }
-TASKS = {  # task: (eval function, metric, frames)
-    "text_to_image": (eval_world._t2i, "t2i_accuracy", None),
-    "text_to_video": (eval_world._t2v, "t2v_accuracy", None),
-    "predict": (eval_world._predict, "predict_accuracy", eval_world.CONTEXT_FRAMES + 1),
-}
+TASKS = {"text_to_image": (eval_world._t2i, "t2i_accuracy"), "text_to_video": (eval_world._t2v, "t2v_accuracy")}
 
 
 def main() -> None:
@@ -51,21 +48,17 @@ def main() -> None:
     torch.manual_seed(0)
     wm = load_world_model(args.checkpoint)
     cfg = TaskConfig(world=wm.world, video_frames=wm.video_frames)
-    episodes = {
-        task: _episodes(task, args.samples, replace(cfg, video_frames=frames or cfg.video_frames), EVAL_SEED)
-        for task, (_, _, frames) in TASKS.items()
-    }
+    episodes = {task: _episodes(task, args.samples, cfg, EVAL_SEED) for task in TASKS}
     rows = []
     print(f"{args.checkpoint}: {args.samples} episodes a task, guidance {args.guidance}")
-    print("| sampling | " + " | ".join(metric for _, metric, _ in TASKS.values()) + " | seconds |")
+    print("| sampling | " + " | ".join(metric for _, metric in TASKS.values()) + " | seconds |")
     print("|---|" + "---|" * (len(TASKS) + 1))
     for name in args.settings.split(","):
         sampling = SETTINGS[name]
         start = time.perf_counter()
         found = {}
-        for task, (run, metric, _) in TASKS.items():
-            value = run(wm, episodes[task], wm.world, args.guidance, sampling)[0][metric]
-            found[metric] = value[0] if isinstance(value, list) else value
+        for task, (run, metric) in TASKS.items():
+            found[metric] = run(wm, episodes[task], wm.world, args.guidance, sampling)[0][metric]
         seconds = time.perf_counter() - start
         rows.append({"setting": name, "sampling": asdict(sampling), **found, "seconds": round(seconds, 1)})
         print(f"| {name} | " + " | ".join(f"{v:.2f}" for v in found.values()) + f" | {seconds:.0f} |", flush=True)
