@@ -446,7 +446,7 @@ def _train_parser(commands) -> None:
     g.add_argument("--grad-accum", type=_positive_int, help=f"micro-batches per step [{d.grad_accum}]")
     g.add_argument("--steps", type=_positive_int, help=f"optimizer steps [{d.steps}]")
     g.add_argument("--max-seconds", type=float, help="stop after this much training time; the schedule follows [off]")
-    g.add_argument("--lr", type=float, help=f"peak learning rate [{d.lr}]")
+    g.add_argument("--lr", type=float, help=f"AdamW's peak learning rate (all weights with --optimizer adamw) [{d.lr}]")
     g.add_argument("--min-lr-ratio", type=float, help=f"final lr as a fraction of the peak [{d.min_lr_ratio}]")
     g.add_argument(
         "--optimizer",
