@@ -1,5 +1,5 @@
 # make demo  -- install into .venv and run the main job on the built-in sprite world
-# make test  -- install with dev extras and run the test suite
+# make test  -- install with dev extras, check the import layers, run the test suite
 VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
@@ -18,6 +18,7 @@ demo: $(VENV)/.installed
 	$(BIN)/ringworld demo --out runs/demo
 
 test: $(VENV)/.installed
+	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
 
 lint: $(VENV)/.installed

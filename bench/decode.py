@@ -47,7 +47,8 @@ import numpy as np
 import torch
 
 from ringworld.documents import Text
-from ringworld.infer.engine import GREEDY, Engine
+from ringworld.infer.engine import Engine
+from ringworld.infer.sampling import GREEDY
 from ringworld.model.hf import to_hf
 from ringworld.model.transformer import ModelConfig, Transformer
 from ringworld.perf import synchronize

@@ -17,10 +17,10 @@ The methods (``--methods``):
 - ``sdpa``: what the model runs by itself for one-document rows: fused causal SDPA (flash on the CPU).
 - ``blockwise``: ``model.attention_kernel = "blockwise"``, tiled attention in plain PyTorch
   (``ringworld/model/blockwise.py``): memory linear in T.
-- ``+ckpt``: the same with ``model.activation_checkpointing`` (each block recomputed in backward).
+- ``+ckpt``: the same with ``apply_activation_checkpointing`` (each block recomputed in backward).
 - ``ring``: context parallelism over 2 processes, started with the environment torchrun would give
   them (gloo on the CPU, one thread each; NCCL on 2 accelerators). Each rank holds its zigzag
-  shard of the ids, positions and targets, ``model.context_parallel`` is set and every layer runs
+  shard of the ids, positions and targets, the model is given a ``RingMask`` and every layer runs
   ring attention. Its memory is the largest rank's, its time the slowest rank's.
 
 Every case runs in a fresh process (``python bench/long_context.py --case ...``), so that its peak
@@ -55,6 +55,8 @@ import torch
 import torch.nn.functional as F
 
 from ringworld.model.transformer import ModelConfig, Transformer
+from ringworld.parallel.context import RingMask
+from ringworld.parallel.mesh import apply_activation_checkpointing
 from ringworld.perf import synchronize
 
 VOCAB = 1468  # the demo tokenizer's vocabulary
@@ -99,15 +101,17 @@ def one_step(case: dict) -> dict:
     cfg = ModelConfig.preset(case["preset"], VOCAB, max_seq_len=T)
     torch.manual_seed(0)
     model = Transformer(cfg).to(device).train()
-    model.activation_checkpointing = method.endswith("+ckpt")
+    if method.endswith("+ckpt"):
+        apply_activation_checkpointing(model)
     if method.startswith("blockwise"):
         model.attention_kernel = "blockwise"
     g = torch.Generator().manual_seed(0)
     ids = torch.randint(0, VOCAB, (1, T), generator=g)
     targets = torch.randint(0, VOCAB, (1, T), generator=g)
     positions = torch.arange(T)[None]  # (1, T)
-    if ring:
-        model.context_parallel = dist.group.WORLD
+    mask = None
+    if ring:  # every layer's attention goes round the ring
+        mask = RingMask(None, dist.group.WORLD)
         ids, targets, positions = (zigzag_shard(t, 1) for t in (ids, targets, positions))  # (1, T/2) each
     ids, targets, positions = ids.to(device), targets.to(device), positions.to(device)
     for p in model.parameters():  # gradients are the weights' size whatever T: count them before the step
@@ -123,7 +127,7 @@ def one_step(case: dict) -> dict:
     start = time.perf_counter()
     with backend:
         with autocast:
-            logits = model(ids, positions=positions)  # (1, T or T/2, vocab)
+            logits = model(ids, positions=positions, mask=mask)  # (1, T or T/2, vocab)
             # a sum over this rank's tokens / all T tokens: the ranks' gradients add up to the whole loss's
             loss = F.cross_entropy(logits.flatten(0, 1).float(), targets.flatten(), reduction="sum") / T
         loss.backward()

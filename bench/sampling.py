@@ -21,7 +21,7 @@ import torch
 
 from ringworld.eval import world as eval_world
 from ringworld.eval.world import EVAL_SEED, _episodes
-from ringworld.infer.engine import GREEDY, Sampling
+from ringworld.infer.sampling import GREEDY, Sampling
 from ringworld.infer.tasks import DEFAULT_GUIDANCE, load_world_model
 from ringworld.world.tasks import TaskConfig
 

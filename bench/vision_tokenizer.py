@@ -25,9 +25,9 @@ import torch.nn as nn
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-from ringworld.jobs.tokenizer import evaluate_vision, world_frames
+from ringworld.eval.tokenizer import evaluate_vision
 from ringworld.tokens.vision import FSQ, VisionConfig, VisionTokenizer, train_vision_tokenizer
-from ringworld.world.sim import WorldConfig
+from ringworld.world.sim import WorldConfig, random_frames
 
 
 class NaiveTokenizer(nn.Module):
@@ -103,7 +103,7 @@ def main() -> None:
         if args.train_seconds and config:
             rng = np.random.default_rng(0)
             result = train_vision_tokenizer(
-                lambda n, rng=rng: world_frames(rng, n, world)[0],
+                lambda n, rng=rng: random_frames(rng, n, world)[0],
                 config,
                 max_seconds=args.train_seconds,
                 steps=10**6,

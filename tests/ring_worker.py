@@ -15,6 +15,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 
 from ringworld.model.transformer import ModelConfig, Transformer
+from ringworld.parallel.context import RingMask, RingPrefill
 from ringworld.parallel.ring import ring_attention, zigzag_shard, zigzag_unshard
 
 
@@ -105,9 +106,8 @@ def model_step(group) -> dict:
     reference = {name: p.grad.clone() for name, p in model.named_parameters()}
     model.zero_grad()
 
-    model.context_parallel = group
     shard = lambda t: zigzag_shard(t, 1, group)  # noqa: E731
-    logits = model(shard(ids), segment_ids=shard(seg), positions=shard(positions))
+    logits = model(shard(ids), positions=shard(positions), mask=RingMask(shard(seg), group))
     local_sum = F.cross_entropy(logits.flatten(0, 1), shard(targets).flatten(), reduction="sum")
     (local_sum / targets.numel()).backward()
     total = local_sum.detach().clone()
@@ -133,7 +133,7 @@ def ring_prefill(group, tokenizer: str) -> dict:
     prompts = [[bos] + torch.randint(0, 200, (n,), generator=gen).tolist() for n in (45, 30)]
     kwargs = dict(max_new_tokens=6, constrained=False, return_logits=True)
     alone = Engine(model, codec).generate(prompts, **kwargs)
-    ring = Engine(model, codec, context_parallel=group).generate(prompts, **kwargs)
+    ring = Engine(model, codec, prefill=RingPrefill(group)).generate(prompts, **kwargs)
     same = all(list(a) == list(b) for a, b in zip(alone.tokens, ring.tokens, strict=True))
     return {
         "ring_prefill": {"logits": (alone.logits - ring.logits).abs().max().item(), "tokens_differ": float(not same)}

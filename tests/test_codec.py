@@ -6,7 +6,8 @@ from hypothesis import given, settings
 from hypothesis import strategies as st
 
 from ringworld.documents import ACTIONS, Action, Image, Text, Video
-from ringworld.tokens.codec import Codec, Decoded, MalformedTokens, _Parser
+from ringworld.tokens.codec import Codec, Decoded
+from ringworld.tokens.parse import MalformedTokens, Parser
 from ringworld.tokens.text import _bytes_to_unicode, train_text_tokenizer
 from ringworld.tokens.vocab import SPECIAL_TOKENS, Vocab
 
@@ -89,7 +90,7 @@ def test_round_trip(codec, doc):
     assert dec.problems == []
     assert_same(dec.segments, doc)
     # the slow parser (the one that diagnoses faults) reads well-formed input the same way
-    assert_same(_Parser(codec, enc.ids, lenient=False, fast=False).document(), doc)
+    assert_same(Parser(codec, enc.ids, lenient=False, fast=False).document(), doc)
 
 
 @SETTINGS

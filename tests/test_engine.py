@@ -5,10 +5,11 @@ import pytest
 import torch
 
 from ringworld.documents import Image, Text, Video
-from ringworld.infer.engine import GREEDY, Engine, Sampling, guide, sample
+from ringworld.infer.engine import Engine
+from ringworld.infer.sampling import GREEDY, Sampling, guide, sample
 from ringworld.model.transformer import ModelConfig, Transformer
 from ringworld.tokens.bundle import load_codec
-from ringworld.tokens.codec import MalformedTokens
+from ringworld.tokens.parse import MalformedTokens
 
 
 @pytest.fixture(scope="module")

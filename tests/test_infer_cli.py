@@ -8,6 +8,7 @@ import pytest
 
 from ringworld.cli import main
 from ringworld.eval.world import caption_matches, scene_matches, video_matches
+from ringworld.infer.tasks import answer, load_world_model
 from ringworld.media import read_image, read_video, write_gif, write_image
 from ringworld.train.config import TrainConfig
 from ringworld.train.loop import train
@@ -63,10 +64,18 @@ def test_caption_predict_ask_and_resize_notice(run, tmp_path, capsys):
     args = ["predict", str(clip), "--actions", "right,right,up,left", "--checkpoint", str(run), "--scale", "1"]
     assert main([*args, "--out", str(future)]) == 0
     assert "4 frames after right,right,up,left" in capsys.readouterr().out
+    assert read_video(future).shape == (3 + 4, FRAME, FRAME, 3)  # the clip, then a frame per action
     steps = tmp_path / "steps.gif"
     assert main(["predict", str(clip), "--steps", "2", "--checkpoint", str(run), "--out", str(steps)]) == 0
-    assert main(["ask", str(clip), "what colour is the square?", "--checkpoint", str(run)]) == 0
-    capsys.readouterr()
+    assert capsys.readouterr().out.strip() == f"wrote {steps}: 2 predicted frames after 3 of the clip"
+    written = read_video(steps)  # scale 4
+    assert written.shape == (3 + 2, FRAME * 4, FRAME * 4, 3)
+    assert np.array_equal(written[:3, ::4, ::4], read_video(clip))  # the context first, as it was
+    question = "what colour is the square?"
+    assert main(["ask", str(clip), question, "--checkpoint", str(run)]) == 0
+    said = capsys.readouterr().out.splitlines()
+    wm = load_world_model(run)
+    assert said == [answer(wm, [read_video(clip)], [question])[0]]  # greedy: what the library answers
 
 
 def test_bad_inputs_get_clear_errors(run, tmp_path, capsys):
@@ -85,12 +94,23 @@ def test_bad_inputs_get_clear_errors(run, tmp_path, capsys):
 def test_eval_writes_every_metric_and_a_report(run, tmp_path, capsys):
     out = tmp_path / "eval.json"
     report = tmp_path / "report"
-    args = ["eval", "--checkpoint", str(run), "--json", str(out), "--report", str(report)]
+    args = ["eval", "world", "--checkpoint", str(run), "--json", str(out), "--report", str(report)]
     assert main([*args, "--samples", "3", "--horizon", "3"]) == 0
+    printed = capsys.readouterr().out
     metrics = json.loads(out.read_text())
-    for key in ("t2i_accuracy", "caption_accuracy", "t2v_accuracy", "action_accuracy", "qa_accuracy"):
-        assert 0.0 <= metrics[key] <= 1.0
     assert len(metrics["predict_accuracy"]) == 3 and len(metrics["action_accuracy_per_step"]) == 3
+    scores = [metrics[k] for k in ("t2i_accuracy", "caption_accuracy", "t2v_accuracy", "action_accuracy")]
+    scores += [metrics["qa_accuracy"], *metrics["predict_accuracy"], *metrics["action_accuracy_per_step"]]
+    for value in scores:  # a share of 3 episodes (actions: of 3 x 3 steps)
+        assert 0.0 <= value <= 1.0 and abs(value * 9 - round(value * 9)) < 1e-3
+    per_step = metrics["action_accuracy_per_step"]
+    assert metrics["action_accuracy"] == pytest.approx(sum(per_step) / 3, abs=1e-4)
+    assert re.search(rf"t2i_accuracy\s+{metrics['t2i_accuracy']:.4f}\n", printed)
+    again = tmp_path / "again.json"
+    assert (
+        main(["eval", "world", "--checkpoint", str(run), "--json", str(again), "--samples", "3", "--horizon", "3"]) == 0
+    )
+    assert json.loads(again.read_text()) == metrics  # the same episodes, seeded
     assert metrics["perplexity_text"] > 1 and metrics["perplexity_vision"] > 1 and metrics["tokenizer_psnr"] > 0
     page = (report / "report.html").read_text()
     linked = re.findall(r"src='([^']+)'", page)

@@ -11,10 +11,10 @@ import torch.nn.functional as F
 
 from ringworld.data.packing import pack
 from ringworld.documents import Image, Text, Video
-from ringworld.eval.curves import HeldOutCurves
 from ringworld.model.transformer import ModelConfig, Transformer
 from ringworld.tokens.bundle import load_codec
 from ringworld.train.config import TrainConfig
+from ringworld.train.curves import HeldOutCurves
 from ringworld.train.loop import train
 from ringworld.train.loss import background_logit_bias, most_frequent_code, weigh_background
 from ringworld.train.optim import make_optimizer

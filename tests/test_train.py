@@ -15,12 +15,14 @@ from ringworld.cli import main
 from ringworld.data.shards import ShardWriter
 from ringworld.data.sources import WorldSource
 from ringworld.model.transformer import ModelConfig, Transformer
+from ringworld.parallel.mesh import apply_activation_checkpointing
 from ringworld.tokens.bundle import load_codec
 from ringworld.train import checkpoint as checkpoint_module
 from ringworld.train import loop as loop_module
 from ringworld.train.checkpoint import latest_checkpoint, load_model, read_config
 from ringworld.train.config import TrainConfig
 from ringworld.train.loop import lr_at, train
+from ringworld.train.metrics import read_metrics
 from ringworld.world.tasks import sample_task
 
 # fp32 and AdamW: the exactness tests compare against one process or one big batch to 1e-5 (Muon's
@@ -219,9 +221,15 @@ def test_activation_checkpointing_gives_the_same_gradients():
         return [p.grad.clone() for p in model.parameters()]
 
     plain = grads()
-    model.activation_checkpointing = True
+    keys = list(model.state_dict())
+    mlp = model.layers[0].mlp
+    apply_activation_checkpointing(model)
+    calls, forward = [], mlp.forward
+    mlp.forward = lambda x: calls.append(1) or forward(x)
     for a, b in zip(plain, grads(), strict=True):
         torch.testing.assert_close(a, b, atol=1e-6, rtol=0)
+    assert len(calls) == 2  # the block ran again in backward
+    assert list(model.state_dict()) == keys  # what checkpoints store
 
 
 @pytest.mark.slow
@@ -287,25 +295,36 @@ def test_logs_carry_both_losses_speed_and_mfu(world_tokenizer_dir, tmp_path):
     run = tmp_path / "run"
     cfg = TrainConfig(out=str(run), tokenizer=str(world_tokenizer_dir), **{**SMALL, "steps": 2, "tensorboard": True})
     train(cfg, progress=False)
-    lines = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
+    lines = read_metrics(run)
     assert [line["step"] for line in lines] == [1, 2]
     for line in lines:
-        assert line["text_loss"] > 0 and line["vision_loss"] > 0 and line["tokens_per_s"] > 0 and 0 < line["mfu"] < 1
+        assert line["text_loss"] > 0 and line["vision_loss"] > 0 and line["tokens_per_s"] > 0
+        assert 0 < line["mfu_measured_peak"] < 1
     from tensorboard.backend.event_processing.event_accumulator import EventAccumulator
 
     events = EventAccumulator(str(run / "tensorboard"))
     events.Reload()
-    assert {"loss/text", "loss/vision", "speed/mfu"} <= set(events.Tags()["scalars"])
+    assert {"loss/text", "loss/vision", "speed/mfu_measured_peak"} <= set(events.Tags()["scalars"])
     assert [e.step for e in events.Scalars("loss/vision")] == [1, 2]
 
 
-def test_cli_presets_are_the_models():
-    from ringworld.cli import build_parser
+def test_train_options_are_the_config_fields(capsys):
+    """`ringworld train`'s options come from TrainConfig (flags, help, defaults) and its choices from
+    the modules that define them."""
+    from dataclasses import fields
+
+    from ringworld.model.attention import KERNELS
     from ringworld.model.transformer import PRESETS
 
-    train_parser = build_parser()._subparsers._group_actions[0].choices["train"]
-    preset = next(a for a in train_parser._actions if a.dest == "preset")
-    assert list(preset.choices) == list(PRESETS)
+    with pytest.raises(SystemExit):
+        main(["train", "--help"])
+    text = " ".join(capsys.readouterr().out.split())  # argparse wraps lines
+    for f in fields(TrainConfig):
+        if "help" in f.metadata:
+            flag = f.metadata["flag"] or "--" + f.name.replace("_", "-")
+            assert flag in text and " ".join(f.metadata["help"].split())[:40] in text, f.name
+    assert "{" + ",".join(PRESETS) + "}" in text and "{" + ",".join(("auto", *KERNELS)) + "}" in text
+    assert "optimizer steps [1000]" in text and "--no-compile" in text
 
 
 def test_background_batches_and_states_are_those_made_in_turn(world_tokenizer_dir):
@@ -330,3 +349,9 @@ def test_fsdp_with_compiled_blocks_trains_like_one_eager_process(world_tokenizer
     args += ["--dtype", "fp32", "--optimizer", "adamw"]
     torchrun(2, ["--out", str(tmp_path / "dp2"), *args, "--compile"])
     torch.testing.assert_close(logged(tmp_path / "dp2", "loss"), single, atol=1e-4, rtol=0)
+
+
+def test_metrics_reader_skips_a_half_written_last_line(tmp_path):
+    (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.5}\n{"step": 3, "lo')
+    assert [r["step"] for r in read_metrics(tmp_path)] == [1, 2]
+    assert read_metrics(tmp_path / "nowhere") == []

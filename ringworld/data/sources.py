@@ -19,7 +19,8 @@ from ringworld.data.packing import PackedBatch, RowPacker, piece_starts, rows_to
 from ringworld.data.shards import ShardDataset
 from ringworld.tokens.codec import Codec, Encoded
 from ringworld.tokens.vocab import Vocab
-from ringworld.world.tasks import TaskConfig, sample_mixture
+from ringworld.world.sim import WorldConfig
+from ringworld.world.tasks import NEEDLE_TASKS, TaskConfig, check_task_weights, fit_needles, sample_mixture, sample_task
 
 MISSES_BEFORE_CLOSING = 8  # documents that did not fit before a world row is closed
 
@@ -38,6 +39,17 @@ def drop_caption(doc: Encoded, vocab: Vocab) -> Encoded:
     return Encoded(ids[keep], doc.loss_mask[keep], doc.modality[keep])
 
 
+def check_caption_dropout(p: float) -> None:
+    if not 0 <= p < 1:
+        raise ValueError(f"caption dropout is a probability in [0, 1), got {p}")
+
+
+def task_documents(codec: Codec, task: str, n: int, seed: int, task_config: TaskConfig) -> list[Encoded]:
+    """``n`` encoded documents of one world task, drawn from ``seed`` (held-out sets)."""
+    rng = np.random.default_rng([seed, sum(map(ord, task))])
+    return [codec.encode(sample_task(task, rng, task_config).document) for _ in range(n)]
+
+
 class WorldSource:
     """Seeded world-task mixtures, encoded and packed on the fly."""
 
@@ -52,8 +64,9 @@ class WorldSource:
         task_config: TaskConfig = TaskConfig(),
         caption_dropout: float = 0.1,
     ) -> None:
-        if not 0 <= caption_dropout < 1:
-            raise ValueError(f"caption dropout is a probability in [0, 1), got {caption_dropout}")
+        check_caption_dropout(caption_dropout)
+        if task_weights is not None:
+            check_task_weights(task_weights)
         self.codec, self.seq_len, self.num_rows, self.seed = codec, seq_len, rows, seed
         self.task_weights, self.task_config, self.caption_dropout = task_weights, task_config, caption_dropout
         self.step = 0
@@ -118,8 +131,7 @@ class ShardSource:
     ) -> None:
         if len(dataset) == 0:
             raise ValueError(f"{dataset.directory} holds no documents; ingest some with `ringworld data ingest`")
-        if not 0 <= caption_dropout < 1:
-            raise ValueError(f"caption dropout is a probability in [0, 1), got {caption_dropout}")
+        check_caption_dropout(caption_dropout)
         self.dataset, self.seq_len, self.num_rows, self.seed, self.lookahead = dataset, seq_len, rows, seed, lookahead
         self.caption_dropout = caption_dropout
         self.pad_id = dataset.vocab.special("<|pad|>")
@@ -187,3 +199,30 @@ def _check_state(state: dict, kind: str, seed: int) -> None:
         raise ValueError(
             f"the checkpoint's data seed is {state.get('seed')}, this run's is {seed}; pass --seed to match"
         )
+
+
+def world_source(
+    codec: Codec,
+    world: dict,
+    *,
+    video_frames: int,
+    seq_len: int,
+    rows: int,
+    seed: int,
+    task_weights: dict[str, float] | None,
+    caption_dropout: float,
+) -> WorldSource:
+    """The world-task source of a tokenizer's world (``world``: ``WorldConfig``'s fields, as
+    ``ringworld.tokens.bundle.world_settings`` reads them); needle haystacks are sized to the row."""
+    task_config = TaskConfig(world=WorldConfig(**world), video_frames=video_frames)
+    if task_weights and any(task_weights.get(t, 0) > 0 for t in NEEDLE_TASKS):
+        task_config = fit_needles(task_config, codec, seq_len)
+    return WorldSource(
+        codec,
+        seq_len=seq_len,
+        rows=rows,
+        seed=seed,
+        task_weights=task_weights,
+        task_config=task_config,
+        caption_dropout=caption_dropout,
+    )

@@ -1,4 +1,4 @@
-"""``ringworld eval --report DIR``: one self-contained HTML page (plus its PNGs and GIFs beside it)
+"""``ringworld eval world --report DIR``: one self-contained HTML page (plus its PNGs and GIFs beside it)
 showing what the model made for each task next to the truth, a table per task, and plots: the
 training loss per modality and the held-out learning curves against steps and seconds (from the
 run's metrics.jsonl), and accuracy against rollout horizon.
@@ -7,7 +7,6 @@ Opens from disk in any browser; nothing is fetched."""
 from __future__ import annotations
 
 import html
-import json
 from pathlib import Path
 
 import numpy as np
@@ -15,6 +14,7 @@ import numpy as np
 from ringworld.eval.world import Evaluation
 from ringworld.io import atomic_write_text
 from ringworld.media import write_gif, write_image
+from ringworld.train.metrics import read_metrics
 
 SHOWN = 12  # examples per task on the page
 SCALE = 4  # pixels per world pixel in the files
@@ -48,8 +48,8 @@ def write_report(directory: str | Path, evaluation: Evaluation, *, run: str | Pa
     parts.append("<h1>ringworld evaluation</h1>")
     parts.append(_metrics_table(evaluation.metrics))
     plots = []
-    if run is not None and (Path(run) / "metrics.jsonl").exists():
-        rows = _metric_rows(Path(run) / "metrics.jsonl")
+    rows = read_metrics(run) if run is not None else []
+    if rows:
         plots.append(_loss_plot(rows, directory / "loss.png"))
         if any(CURVES[0][0] in r for r in rows):
             plots.append(_curves_plot(rows, directory / "curves.png"))
@@ -131,10 +131,6 @@ def _count(shown: dict) -> int:
     return min(len(v) for v in shown.values())
 
 
-def _metric_rows(metrics_jsonl: Path) -> list[dict]:
-    return [json.loads(line) for line in metrics_jsonl.read_text().splitlines() if line.strip()]
-
-
 def _loss_plot(rows: list[dict], out: Path) -> Path:
     import matplotlib
 
@@ -156,7 +152,7 @@ def _loss_plot(rows: list[dict], out: Path) -> Path:
     return out
 
 
-CURVES = (  # held-out, teacher-forced (ringworld.eval.curves): the skills, step by step
+CURVES = (  # held-out, teacher-forced (ringworld.train.curves): the skills, step by step
     ("heldout/t2i_object_acc", "text→image objects"),
     ("heldout/t2v_object_acc", "text→video objects"),
     ("heldout/predict_object_acc", "prediction objects"),

@@ -23,7 +23,8 @@ import numpy as np
 import torch
 
 from ringworld.data.sources import WorldSource
-from ringworld.infer.engine import Sampling
+from ringworld.eval.tokenizer import evaluate_vision
+from ringworld.infer.sampling import Sampling
 from ringworld.infer.tasks import (
     DEFAULT_GUIDANCE,
     DRAWING,
@@ -35,9 +36,7 @@ from ringworld.infer.tasks import (
     predict,
     rollout,
 )
-from ringworld.jobs.tokenizer import evaluate_vision
-from ringworld.tokens.vocab import MODALITY_TEXT, MODALITY_VISION
-from ringworld.train.loss import modality_counts, modality_sums
+from ringworld.train.loss import modality_counts, modality_sums, per_modality_means
 from ringworld.world.captions import direction, parse_caption, region
 from ringworld.world.oracle import parse_frames, score
 from ringworld.world.sim import Obj, State, WorldConfig
@@ -123,12 +122,8 @@ def perplexity(wm: WorldModel, cfg: TaskConfig, *, rows: int = 16, seq_len: int 
     logits = wm.engine.model(batch.ids, segment_ids=batch.segment_ids, positions=batch.positions).float()
     if wm.engine.logit_bias is not None:
         logits = logits + wm.engine.logit_bias
-    sums, counts = modality_sums(logits.float(), batch), modality_counts(batch)
-    per = (sums.double() / counts.clamp(min=1)).tolist()
-    return {
-        "perplexity_text": round(math.exp(per[MODALITY_TEXT]), 4),
-        "perplexity_vision": round(math.exp(per[MODALITY_VISION]), 4),
-    }
+    means = per_modality_means(modality_sums(logits.float(), batch), modality_counts(batch))
+    return {f"perplexity_{name}": round(math.exp(mean), 4) for name, mean in means.items()}
 
 
 def evaluate(

@@ -22,12 +22,12 @@ from pathlib import Path
 
 import numpy as np
 import torch
-from torch.distributed import ProcessGroup
 
+from ringworld.device import default_device
 from ringworld.documents import Document, Image, Text, Video
-from ringworld.infer.engine import GREEDY, Engine, Sampling
-from ringworld.jobs.tokenizer import tokenizer_world
-from ringworld.tokens.bundle import load_codec
+from ringworld.infer.engine import Engine, Prefill
+from ringworld.infer.sampling import GREEDY, Sampling
+from ringworld.tokens.bundle import load_codec, world_settings
 from ringworld.train.checkpoint import load_model, read_config
 from ringworld.train.loss import background_logit_bias
 from ringworld.world.captions import CAPTION_PROMPT
@@ -63,12 +63,10 @@ def load_world_model(
     device: str | torch.device | None = None,
     *,
     compile: bool = False,
-    context_parallel: ProcessGroup | None = None,
+    prefill: Prefill | None = None,
 ) -> WorldModel:
-    """The latest checkpoint of a run (or a checkpoint directory), on ``device``; with a
-    ``context_parallel`` group, prompts prefill through ring attention over it."""
-    from ringworld.parallel.mesh import default_device
-
+    """The latest checkpoint of a run (or a checkpoint directory), on ``device``; ``prefill`` says
+    how its engine prefills prompts (e.g. ``ringworld.parallel.context.RingPrefill``)."""
     device = torch.device(device) if device is not None else default_device()
     model, checkpoint = load_model(run, device)
     codec = load_codec(checkpoint / "tokenizer", device=device)
@@ -80,8 +78,8 @@ def load_world_model(
         None if code is None else codec.vocab.code_id(code),
         config["train"].get("background_weight", 1.0),
     )
-    engine = Engine(model, codec, compile=compile, context_parallel=context_parallel, logit_bias=bias)
-    return WorldModel(engine, tokenizer_world(checkpoint / "tokenizer"), checkpoint, max(2, frames))
+    engine = Engine(model, codec, compile=compile, prefill=prefill, logit_bias=bias)
+    return WorldModel(engine, WorldConfig(**world_settings(checkpoint / "tokenizer")), checkpoint, max(2, frames))
 
 
 def _prompt(wm: WorldModel, doc: Document, drop: int = 1) -> np.ndarray:
@@ -122,13 +120,12 @@ def _from_captions(
     video = kind is Video
     opener = [_special(wm, "<|video|>" if video else "<|image|>")]
     uncond = np.array([_special(wm, "<|bos|>"), *opener])
-    h, w = wm.codec.grid
     out = []
     for part in _batches(len(captions), batch_size):
         prompts = [np.r_[_prompt(wm, [Text(c)]), opener] for c in captions[part]]
         gen = wm.engine.generate(
             prompts,
-            max_new_tokens=frames * (h * (w + 1) + video) + 1,  # a video's frames each end in <|eof|>
+            max_new_tokens=frames * (wm.codec.frame_length + video) + 1,  # a video's frames each end in <|eof|>
             sampling=sampling,
             guidance=guidance,
             uncond_prompts=[uncond] * len(prompts),
@@ -225,7 +222,6 @@ def predict(
 
     The model sees at most the last ``video_frames - 1`` frames (the videos it was trained on
     are that long with one to predict) and the window slides on as frames are made."""
-    h, w = wm.codec.grid
     frames = clips
     while frames.shape[1] < clips.shape[1] + steps:
         context = frames[:, -(wm.video_frames - 1) :]
@@ -236,7 +232,7 @@ def predict(
             prompts = [_prompt(wm, [Video(pixels=clip)], drop=2) for clip in context[part]]
             gen = wm.engine.generate(
                 prompts,
-                max_new_tokens=n * (h * (w + 1) + 1) + 1,
+                max_new_tokens=n * (wm.codec.frame_length + 1) + 1,
                 sampling=sampling,
                 video_frames=context.shape[1] + n,
                 stop=[_special(wm, "<|/video|>")],
@@ -264,7 +260,6 @@ def rollout(
         raise ValueError("every rollout takes the same number of actions")
     if len(frames) != len(actions):
         raise ValueError(f"{len(frames)} start frames but {len(actions)} action lists")
-    h, w = wm.codec.grid
     vocab = wm.codec.vocab
     ids = np.array([[vocab.action_id(a) for a in acts] for acts in actions]).reshape(len(actions), -1)
     made = [frames[:, None]]
@@ -275,7 +270,7 @@ def rollout(
             prompts = [_prompt(wm, [Video(pixels=frame[None])], drop=2) for frame in made[-1][part, -1]]
             gen = wm.engine.generate(
                 prompts,
-                max_new_tokens=chunk.shape[1] * (h * (w + 1) + 2) + 1,
+                max_new_tokens=chunk.shape[1] * (wm.codec.frame_length + 2) + 1,
                 sampling=sampling,
                 video_frames=1 + chunk.shape[1],
                 video_actions=chunk[part].tolist(),

@@ -10,37 +10,13 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ringworld.eval.tokenizer import evaluate_vision
 from ringworld.io import atomic_directory
-from ringworld.tokens.bundle import load_codec, save_tokenizers
+from ringworld.tokens.bundle import load_codec, save_tokenizers, world_settings
 from ringworld.tokens.text import train_text_tokenizer
-from ringworld.tokens.vision import VisionConfig, VisionTokenizer, psnr, train_vision_tokenizer
-from ringworld.world.oracle import agreement
-from ringworld.world.sim import State, WorldConfig, random_state, render
+from ringworld.tokens.vision import VisionConfig, train_vision_tokenizer
+from ringworld.world.sim import WorldConfig, random_frames
 from ringworld.world.tasks import TaskConfig, caption_corpus
-
-HELD_OUT_SEED = 1_000_003  # held-out frames come from a seed training never uses
-
-
-def world_frames(rng: np.random.Generator, n: int, world: WorldConfig) -> tuple[np.ndarray, list[State]]:
-    """``n`` random scenes (half with an agent) rendered: (n, H, W, 3) uint8 and their states."""
-    states = [random_state(rng, world, agent=bool(rng.integers(2))) for _ in range(n)]
-    return render(states), states
-
-
-def evaluate_vision(vision: VisionTokenizer, world: WorldConfig, n: int = 2000) -> dict:
-    """Reconstruction quality on ``n`` held-out frames: PSNR, oracle agreement (the oracle reads
-    the same objects, colours, shapes and exact positions from the reconstruction as from the
-    state), and the fraction of the codebook the frames use."""
-    frames, states = world_frames(np.random.default_rng(HELD_OUT_SEED), n, world)
-    codes = vision.encode(frames)
-    recon = vision.decode(codes)
-    return {
-        "psnr": round(psnr(frames, recon), 3),
-        "oracle_agreement": agreement(recon, states, tolerance=0),
-        "oracle_agreement_1px": agreement(recon, states, tolerance=1),
-        "codebook_utilization": round(len(np.unique(codes)) / vision.num_codes, 4),
-        "eval_frames": n,
-    }
 
 
 def train_tokenizers(
@@ -69,7 +45,7 @@ def train_tokenizers(
     text = train_text_tokenizer(caption_corpus(corpus_scenes, seed, TaskConfig(world=world)), text_vocab_size)
     rng = np.random.default_rng(seed)
     result = train_vision_tokenizer(
-        lambda n: world_frames(rng, n, world)[0],
+        lambda n: random_frames(rng, n, world)[0],
         vision,
         steps=steps,
         lr=lr,
@@ -95,17 +71,6 @@ def train_tokenizers(
     return metrics
 
 
-def tokenizer_world(directory: str | Path) -> WorldConfig:
-    """The world a tokenizer directory was trained on (recorded in its metrics.json; the default
-    world at the tokenizer's frame size for a directory without one)."""
-    metrics_path = Path(directory) / "metrics.json"
-    recorded = json.loads(metrics_path.read_text()).get("world") if metrics_path.exists() else None
-    if recorded:
-        return WorldConfig(**recorded)
-    vision = json.loads((Path(directory) / "vision" / "config.json").read_text())
-    return WorldConfig(frame_size=vision["frame_size"])
-
-
 def evaluate_tokenizer_dir(directory: str | Path, eval_frames: int = 2000) -> dict:
     """Metrics of a saved tokenizer directory on held-out frames of the world it was trained on."""
-    return evaluate_vision(load_codec(directory).vision, tokenizer_world(directory), eval_frames)
+    return evaluate_vision(load_codec(directory).vision, WorldConfig(**world_settings(directory)), eval_frames)

@@ -11,26 +11,27 @@ table in docs/results.md):
 | ``mask``      | SDPA with a (B, 1, T, T) boolean mask                          | CPU, short rows   |
 | ``flex``      | FlexAttention with a BlockMask (compiled, skips empty blocks)  | accelerators      |
 | ``blockwise`` | tiled online softmax in plain PyTorch (``model/blockwise.py``) | asked for         |
-| ``ring``      | RingAttention over a context-parallel group                    | a CP group is set |
 
 On a 2-core CPU, ``documents`` is 1.3x (512 tokens) to 13x (4K tokens of world documents) faster
 than the mask in training; compiled Flex lost to both there (and has no CPU backward). Rows that
-are one document each (or no ``segment_ids``) take plain causal SDPA. When the model's rows are
-zigzag shards of longer rows (``Transformer.context_parallel`` set by ``ringworld.parallel``),
-every layer's attention goes round the ring instead, so the model never knows which it got.
+are one document each (or no ``segment_ids``) take plain causal SDPA.
+
+A mask is anything with ``attend(q, k, v)``. The model builds a ``DocumentMask`` from its rows'
+segment ids unless its caller hands it another one: ``ringworld.parallel.context.RingMask`` makes every
+layer's attention go round a context-parallel ring when the rows are zigzag shards of longer rows,
+so the model never knows which it got.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Protocol
 
 import torch
 import torch.nn.functional as F
-from torch.distributed import ProcessGroup
 from torch.nn.attention.flex_attention import BlockMask, create_block_mask, flex_attention
 
 from ringworld.model.blockwise import blockwise_attention
-from ringworld.parallel.ring import ring_attention
 
 KERNELS = ("documents", "flex", "mask", "blockwise")
 DOCUMENTS_MIN_LEN_CPU = 512  # below this the boolean mask was as fast or faster (bench/attention.py)
@@ -95,14 +96,31 @@ class _Gather(torch.autograd.Function):
         return grad, None, None, None
 
 
+class Mask(Protocol):
+    """How one batch of rows attends, built once per forward and shared by every layer."""
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        """q: (B, H, T, hd); k, v: (B, Hkv, T, hd) with H a multiple of Hkv -> (B, H, T, hd)."""
+        ...
+
+
 @dataclass
 class DocumentMask:
-    """How one batch of rows attends (causal, within documents), built once and shared by every layer."""
+    """Causal attention within documents, by one of the kernels above."""
 
     segment_ids: torch.Tensor | None  # (B, T) int; equal ids = same document; None: one document a row
-    kernel: str  # "documents", "flex", "mask", "blockwise" or "ring"
-    # per kernel: buckets, a BlockMask, a (B, 1, T, T) bool tensor, nothing, or the ring's group
-    mask: DocumentBuckets | BlockMask | torch.Tensor | ProcessGroup | None
+    kernel: str  # one of KERNELS
+    # per kernel: buckets, a BlockMask, a (B, 1, T, T) bool tensor, or nothing (blockwise)
+    mask: DocumentBuckets | BlockMask | torch.Tensor | None
+
+    def attend(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
+        if self.kernel == "documents":
+            return _by_document(q, k, v, self.mask)
+        if self.kernel == "flex":
+            return _flex(q, k, v, self.mask)
+        if self.kernel == "blockwise":
+            return blockwise_attention(q, k, v, self.segment_ids)
+        return _sdpa(q, k, v, attn_mask=self.mask)
 
 
 def pick_kernel(device: torch.device, seq_len: int) -> str:
@@ -111,14 +129,21 @@ def pick_kernel(device: torch.device, seq_len: int) -> str:
     return "documents" if seq_len >= DOCUMENTS_MIN_LEN_CPU else "mask"
 
 
+def document_runs(segment_ids: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Documents are maximal runs of one segment id in a row (a row's padding is one more run):
+    (R,) the flat index (into B*T) of each run's first token, and (R,) its length."""
+    B, T = segment_ids.shape
+    change = torch.ones(B, T, dtype=torch.bool, device=segment_ids.device)
+    change[:, 1:] = segment_ids[:, 1:] != segment_ids[:, :-1]
+    starts = change.flatten().nonzero().squeeze(1)
+    return starts, torch.diff(starts, append=torch.tensor([B * T], device=segment_ids.device))
+
+
 def document_buckets(segment_ids: torch.Tensor) -> DocumentBuckets:
     """Documents are maximal runs of one segment id in a row (a row's padding is one more run)."""
     B, T = segment_ids.shape
     device = segment_ids.device
-    change = torch.ones(B, T, dtype=torch.bool, device=device)
-    change[:, 1:] = segment_ids[:, 1:] != segment_ids[:, :-1]
-    starts = change.flatten().nonzero().squeeze(1)  # (R,) flat index of each document's first token
-    lengths = torch.diff(starts, append=torch.tensor([B * T], device=device))  # (R,)
+    starts, lengths = document_runs(segment_ids)
     sizes = (lengths + BUCKET - 1) // BUCKET * BUCKET  # (R,) padded length of each document
     slots, real, shapes = [], [], []
     for size in sizes.unique().tolist():
@@ -158,15 +183,10 @@ def _by_document(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, buckets: Doc
     return y.view(B, T, H, hd).transpose(1, 2)
 
 
-def document_mask(
-    segment_ids: torch.Tensor | None, *, kernel: str | None = None, ring_group: ProcessGroup | None = None
-) -> DocumentMask | None:
+def document_mask(segment_ids: torch.Tensor | None, *, kernel: str | None = None) -> DocumentMask | None:
     """The mask for packed rows; None (plain causal attention) without segments or, on the CPU, when
     every row is one document (an accelerator would have to sync to find out: callers that know
-    pass None). ``kernel`` overrides the measured choice (tests, benchmarks, long rows);
-    ``ring_group`` says the rows are zigzag shards to attend over that context-parallel group."""
-    if ring_group is not None:
-        return DocumentMask(segment_ids, "ring", ring_group)
+    pass None). ``kernel`` overrides the measured choice (tests, benchmarks, long rows)."""
     if kernel == "blockwise":
         return DocumentMask(segment_ids, kernel, None)
     if segment_ids is None:
@@ -203,19 +223,10 @@ def _sdpa(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, **kwargs) -> torch.
     return F.scaled_dot_product_attention(q, k, v, enable_gqa=q.size(1) != k.size(1), **kwargs)
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: DocumentMask | None) -> torch.Tensor:
-    """Causal attention. q: (B, H, T, hd); k, v: (B, Hkv, T, hd) with H a multiple of Hkv -> (B, H, T, hd)."""
-    if mask is None:
-        return _sdpa(q, k, v, is_causal=True)
-    if mask.kernel == "documents":
-        return _by_document(q, k, v, mask.mask)
-    if mask.kernel == "flex":
-        return _flex(q, k, v, mask.mask)
-    if mask.kernel == "blockwise":
-        return blockwise_attention(q, k, v, mask.segment_ids)
-    if mask.kernel == "ring":
-        return ring_attention(q, k, v, segment_ids=mask.segment_ids, group=mask.mask)
-    return _sdpa(q, k, v, attn_mask=mask.mask)
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, mask: Mask | None) -> torch.Tensor:
+    """Causal attention (under ``mask``, if any). q: (B, H, T, hd); k, v: (B, Hkv, T, hd) with H a
+    multiple of Hkv -> (B, H, T, hd)."""
+    return _sdpa(q, k, v, is_causal=True) if mask is None else mask.attend(q, k, v)
 
 
 def cached_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, visible: torch.Tensor) -> torch.Tensor:

@@ -13,16 +13,13 @@ tokens' keys and values into the cache and attends to the cached slots it is tol
 from __future__ import annotations
 
 import math
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, fields
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from torch.distributed import ProcessGroup
-from torch.utils.checkpoint import checkpoint
 
-from ringworld.model.attention import DocumentMask, attention, cached_attention, document_mask
+from ringworld.model.attention import Mask, attention, cached_attention, document_mask
 
 
 @dataclass
@@ -122,6 +119,19 @@ PRESETS: dict[str, tuple[int, dict]] = {
 }
 
 
+# weights on disk ------------------------------------------------------------------------------
+def stored_weights(cfg: ModelConfig, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """A full state dict as files store it: a tied head is the embedding, so it is stored once."""
+    return {k: v for k, v in weights.items() if not (cfg.tie_embeddings and k == "head.weight")}
+
+
+def full_weights(cfg: ModelConfig, weights: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """``stored_weights`` made whole again (an empty dict stays empty: a rank that receives them)."""
+    if cfg.tie_embeddings and "embed.weight" in weights:
+        return {**weights, "head.weight": weights["embed.weight"]}
+    return weights
+
+
 # rotary positions --------------------------------------------------------------------------
 def rope_cos_sin(positions: torch.Tensor, head_dim: int, theta: float) -> tuple[torch.Tensor, torch.Tensor]:
     """positions (B, T) int -> cos, sin (B, T, head_dim) fp32, halves repeated (rotate-half layout)."""
@@ -147,12 +157,9 @@ class LayerCache:
     v: torch.Tensor
     slots: torch.Tensor  # (T,) long: where this forward's tokens go
     visible: torch.Tensor | None  # (B, 1, T, S') bool: what each new token attends to among slots 0..S'-1
-    gather: Callable[[torch.Tensor], torch.Tensor] | None  # sharded (B, Hkv, t, hd) -> whole (B, Hkv, T, hd)
 
     def write(self, k: torch.Tensor, v: torch.Tensor) -> None:
-        """Store k, v (B, Hkv, T, hd) (or their shards, made whole by ``gather``) at ``slots``."""
-        if self.gather is not None:
-            k, v = self.gather(k), self.gather(v)
+        """Store k, v (B, Hkv, T, hd) at ``slots``."""
         self.k.index_copy_(2, self.slots, k.to(self.k.dtype))
         self.v.index_copy_(2, self.slots, v.to(self.v.dtype))
 
@@ -178,7 +185,6 @@ class KVCache:
     v: list[torch.Tensor]
     slots: torch.Tensor | None = None
     visible: torch.Tensor | None = None
-    gather: Callable[[torch.Tensor], torch.Tensor] | None = None  # for a forward on sequence shards
 
     @classmethod
     def allocate(
@@ -194,19 +200,14 @@ class KVCache:
     def length(self) -> int:
         return self.k[0].size(2)
 
-    def at(
-        self,
-        slots: torch.Tensor,
-        visible: torch.Tensor | None,
-        gather: Callable[[torch.Tensor], torch.Tensor] | None = None,
-    ) -> KVCache:
-        self.slots, self.visible, self.gather = slots, visible, gather
+    def at(self, slots: torch.Tensor, visible: torch.Tensor | None) -> KVCache:
+        self.slots, self.visible = slots, visible
         return self
 
     def layer(self, i: int) -> LayerCache:
         if self.slots is None:
             raise RuntimeError("say where the tokens go first: cache.at(slots, visible)")
-        return LayerCache(self.k[i], self.v[i], self.slots, self.visible, self.gather)
+        return LayerCache(self.k[i], self.v[i], self.slots, self.visible)
 
 
 # blocks -------------------------------------------------------------------------------------
@@ -227,7 +228,7 @@ class Attention(nn.Module):
         x: torch.Tensor,
         cos: torch.Tensor,
         sin: torch.Tensor,
-        mask: DocumentMask | None,
+        mask: Mask | None,
         cache: LayerCache | None = None,
     ) -> torch.Tensor:
         B, T, _ = x.shape
@@ -274,7 +275,7 @@ class Block(nn.Module):
         x: torch.Tensor,
         cos: torch.Tensor,
         sin: torch.Tensor,
-        mask: DocumentMask | None,
+        mask: Mask | None,
         cache: LayerCache | None = None,
     ) -> torch.Tensor:
         x = x + self.attn(self.attn_norm(x), cos, sin, mask, cache)
@@ -291,10 +292,7 @@ class Transformer(nn.Module):
         self.head = nn.Linear(cfg.dim, cfg.vocab_size, bias=False)
         if cfg.tie_embeddings:
             self.head.weight = self.embed.weight
-        self.activation_checkpointing = False  # recompute each block in backward: less memory, ~1/3 more compute
         self.attention_kernel: str | None = None  # force one (e.g. "blockwise"); None: the measured choice
-        # set by ringworld.parallel: rows are zigzag shards and attention goes round this group's ring
-        self.context_parallel: ProcessGroup | None = None
         self.init_weights()
 
     @torch.no_grad()
@@ -318,6 +316,7 @@ class Transformer(nn.Module):
         segment_ids: torch.Tensor | None = None,  # (B, T) int: packed rows, attention stays in a document
         positions: torch.Tensor | None = None,  # (B, T) int; default 0..T-1
         cache: KVCache | None = None,  # generation: read and extend this cache (see KVCache.at)
+        mask: Mask | None = None,  # how the rows attend, if not by segment_ids (e.g. parallel.context.RingMask)
     ) -> torch.Tensor:  # (B, T, vocab) logits
         B, T = ids.shape
         if cache is not None and cache.visible is not None and segment_ids is not None:
@@ -325,19 +324,11 @@ class Transformer(nn.Module):
                 "a cached forward with a visible mask takes no segment_ids: the mask says what each token sees"
             )
         if positions is None:
-            if self.context_parallel is not None:
-                raise ValueError(
-                    "rows sharded for context parallelism need their positions: pass the sharded positions"
-                )
             positions = torch.arange(T, device=ids.device)[None]  # (1, T)
         cos, sin = rope_cos_sin(positions, self.cfg.head_dim, self.cfg.rope_theta)
-        mask = document_mask(segment_ids, kernel=self.attention_kernel, ring_group=self.context_parallel)
+        if mask is None:
+            mask = document_mask(segment_ids, kernel=self.attention_kernel)
         x = self.embed(ids)  # (B, T, dim)
         for i, layer in enumerate(self.layers):
-            if cache is not None:
-                x = layer(x, cos, sin, mask, cache.layer(i))
-            elif self.activation_checkpointing and self.training:
-                x = checkpoint(layer, x, cos, sin, mask, use_reentrant=False)
-            else:
-                x = layer(x, cos, sin, mask)
+            x = layer(x, cos, sin, mask, None if cache is None else cache.layer(i))
         return self.head(self.norm(x))

@@ -20,11 +20,13 @@ from dataclasses import dataclass
 
 import torch
 import torch.distributed as dist
+from torch.distributed.algorithms._checkpoint.checkpoint_wrapper import CheckpointImpl, checkpoint_wrapper
 from torch.distributed.checkpoint.state_dict import StateDictOptions, set_model_state_dict
 from torch.distributed.device_mesh import DeviceMesh, init_device_mesh
 from torch.distributed.fsdp import MixedPrecisionPolicy, fully_shard
 
-from ringworld.model.transformer import ModelConfig, Transformer
+from ringworld.device import default_device
+from ringworld.model.transformer import ModelConfig, Transformer, full_weights
 
 
 @dataclass
@@ -68,15 +70,6 @@ class Distributed:
         return t
 
 
-def default_device(local_rank: int = 0) -> torch.device:
-    """The accelerator this process should use (CUDA, XPU, MPS, ...), else the CPU."""
-    if torch.accelerator.is_available():
-        accel = torch.accelerator.current_accelerator()
-        if accel.type != "mps":  # MPS lacks float64 and several ops the trainer uses
-            return torch.device(accel.type, local_rank % max(1, torch.accelerator.device_count()))
-    return torch.device("cpu")
-
-
 def init_distributed(device: str | None = None, *, cp: int = 1) -> Distributed:
     """Join the torchrun group if there is one; otherwise a single process on ``device``. ``cp``
     processes share each row (context parallelism); it must divide the number of processes."""
@@ -114,8 +107,9 @@ def build_model(
 ) -> Transformer:
     """The model with the same seeded initial weights at any world size.
 
-    One process: built in place. Sharded, in torchtitan's order: built on the meta device,
-    activation checkpointing and compile set, every block and then the root ``fully_shard``-ed,
+    One process: built in place. Sharded, in torchtitan's order: built on the meta device, each
+    block checkpointed (``activation_checkpointing``) inside its compile inside its ``fully_shard``,
+    then the root ``fully_shard``-ed,
     storage allocated, and rank 0's seeded weights broadcast into the shards, so no other rank
     ever holds the whole model. ``param_dtype`` (bf16) is what FSDP gathers and computes in;
     gradients are reduced in fp32.
@@ -126,8 +120,8 @@ def build_model(
     else:
         with torch.device("meta"):
             model = Transformer(cfg)
-    model.activation_checkpointing = activation_checkpointing
-    model.context_parallel = d.cp_group
+    if activation_checkpointing:
+        apply_activation_checkpointing(model)
     missing = compile and missing_compiler(d.device)
     if missing:
         if d.is_main:
@@ -152,6 +146,13 @@ def build_model(
     return model
 
 
+def apply_activation_checkpointing(model: Transformer) -> None:
+    """Recompute each block in the backward pass instead of keeping its activations: less memory,
+    about a third more compute. State-dict keys (what checkpoints store) are unchanged."""
+    for i, layer in enumerate(model.layers):
+        model.layers[i] = checkpoint_wrapper(layer, checkpoint_impl=CheckpointImpl.NO_REENTRANT)
+
+
 def missing_compiler(device: torch.device) -> str | None:
     """What torch.compile would need and does not find here (None when it can run)."""
     if device.type == "cpu":
@@ -166,10 +167,8 @@ def missing_compiler(device: torch.device) -> str | None:
 def set_full_weights(model: Transformer, weights: dict[str, torch.Tensor], *, broadcast: bool) -> None:
     """Load a full (unsharded) state dict; with ``broadcast``, rank 0's copy goes to every shard
     and the other ranks pass ``{}``."""
-    if model.cfg.tie_embeddings and "embed.weight" in weights:
-        weights["head.weight"] = weights["embed.weight"]
     options = StateDictOptions(full_state_dict=True, broadcast_from_rank0=broadcast)
-    set_model_state_dict(model, weights, options=options)
+    set_model_state_dict(model, full_weights(model.cfg, weights), options=options)
 
 
 def shutdown(d: Distributed) -> None:

@@ -4,7 +4,7 @@ DIR/tokenizer.json          text BPE (Hugging Face tokenizers)
 DIR/vision/config.json      vision autoencoder config
 DIR/vision/model.safetensors
 DIR/vocab.json              id ranges of the one vocabulary, and the image grid
-DIR/metrics.json            how well the vision tokenizer reconstructs (written by training)
+DIR/metrics.json            how well the vision tokenizer reconstructs, and the world it was trained on
 """
 
 from __future__ import annotations
@@ -48,3 +48,14 @@ def load_codec(directory: str | Path, device: str | torch.device = "cpu") -> Cod
             f"the directory was edited by hand: train it again"
         )
     return codec
+
+
+def world_settings(directory: str | Path) -> dict:
+    """The settings of the world a tokenizer directory was trained on (``WorldConfig``'s fields, as
+    its metrics.json records them; for a directory without them, the frame size alone)."""
+    directory = Path(directory)
+    metrics_path = directory / "metrics.json"
+    recorded = json.loads(metrics_path.read_text()).get("world") if metrics_path.exists() else None
+    if recorded:
+        return recorded
+    return {"frame_size": json.loads((directory / "vision" / "config.json").read_text())["frame_size"]}

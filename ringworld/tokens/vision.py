@@ -26,6 +26,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file, save_file
 from tqdm.auto import tqdm
 
+from ringworld import schedule
+
 
 @dataclass(frozen=True)
 class VisionConfig:
@@ -236,7 +238,7 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 
 @dataclass
-class TrainResult:
+class VisionTrainResult:
     model: VisionTokenizer
     steps: int
     seconds: float
@@ -254,7 +256,7 @@ def train_vision_tokenizer(
     seed: int = 0,
     device: str | torch.device = "cpu",
     progress: bool = True,
-) -> TrainResult:
+) -> VisionTrainResult:
     """Train on frames from ``sample_frames(n) -> (n, H, W, 3) uint8`` with an MSE loss.
 
     The learning rate warms up over the first 2 % and then follows a cosine to zero. Progress is
@@ -280,12 +282,12 @@ def train_vision_tokenizer(
         opt.step()
         losses.append(loss.item())
         elapsed = time.perf_counter() - start
-        done = len(losses) / steps if max_seconds is None else max(len(losses) / steps, elapsed / max_seconds)
-        bar.n = round(100 * min(done, 1.0), 1)
+        done = schedule.progress(len(losses), steps, elapsed, max_seconds)
+        bar.n = round(100 * done, 1)
         if len(losses) % 25 == 0:
             bar.set_postfix(step=len(losses), loss=f"{np.mean(losses[-25:]):.5f}")
     bar.close()
-    return TrainResult(model.eval(), len(losses), time.perf_counter() - start, losses)
+    return VisionTrainResult(model.eval(), len(losses), time.perf_counter() - start, losses)
 
 
 _BAR = "{desc}: {percentage:3.0f}%|{bar}| {elapsed}<{remaining} {postfix}"
@@ -295,4 +297,4 @@ def _warmup_cosine(progress: float, warmup: float = 0.02) -> float:
     """Learning-rate factor at ``progress`` in [0, 1]: linear warmup, then cosine to zero."""
     if progress < warmup:
         return max(progress / warmup, 1e-3)
-    return 0.5 * (1 + math.cos(math.pi * min(1.0, (progress - warmup) / (1 - warmup))))
+    return schedule.cosine((progress - warmup) / (1 - warmup))

@@ -35,7 +35,7 @@ from torch.distributed.checkpoint.state_dict import (
 )
 
 from ringworld.io import atomic_write_text
-from ringworld.model.transformer import ModelConfig, Transformer
+from ringworld.model.transformer import ModelConfig, Transformer, stored_weights
 from ringworld.parallel.mesh import Distributed, set_full_weights
 
 FORMAT = "ringworld-checkpoint/1"
@@ -111,8 +111,7 @@ def save_checkpoint(
         dcp.save({"optimizer": optim}, checkpoint_id=tmp / "optimizer")
     torch.save(_rng_state(d.device), tmp / "rng" / f"rank_{d.rank}.pt")
     if d.is_main:
-        if model.cfg.tie_embeddings:
-            full.pop("head.weight")  # the same tensor as embed.weight; safetensors stores it once
+        full = stored_weights(model.cfg, full)  # safetensors stores a tied tensor once
         save_file({k: v.contiguous() for k, v in full.items()}, tmp / WEIGHTS, metadata={"format": FORMAT})
         (tmp / "config.json").write_text(json.dumps({"format": FORMAT, **config}, indent=2) + "\n")
         (tmp / "trainer_state.json").write_text(json.dumps(trainer_state, indent=2) + "\n")

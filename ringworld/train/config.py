@@ -1,14 +1,15 @@
-"""Training settings: one dataclass, saved with every run and checkpoint (no torch needed to read it)."""
+"""Training settings: one dataclass, saved with every run and checkpoint (as JSON, in its config.json)."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import TYPE_CHECKING
 
-from ringworld.world.tasks import TASKS
+from ringworld.data.sources import check_caption_dropout
+from ringworld.model.attention import KERNELS
+from ringworld.model.transformer import ModelConfig
+from ringworld.train.loss import LossWeights
 
-KERNELS = ("blockwise", "documents", "mask", "flex")  # ringworld.model.attention's kernels
 STAGE_KEYS = {"seq_len", "rope_theta", "steps", "batch_size"}
 
 
@@ -21,19 +22,20 @@ def _stage_problems(stage: dict) -> list[str]:
     return problems
 
 
+def parse_length(text: str) -> int:
+    """A token count: "3000", or "16k" / "0.5k" in units of 1024. ValueError if it is neither."""
+    text = text.strip().lower()
+    return round(float(text[:-1]) * 1024) if text.endswith("k") else int(text)
+
+
 def parse_stage(text: str) -> dict:
     """``LEN:THETA:STEPS[:BATCH]`` (LEN may end in k: 16k = 16384) -> a stage dict."""
     parts = text.split(":")
     shape = f"a stage looks like 16k:1e6:50 or 16k:1e6:50:2 (length:rope_theta:steps[:batch]); got {text!r}"
     if len(parts) not in (3, 4):
         raise ValueError(shape)
-    length = parts[0].lower()
     try:
-        stage = {
-            "seq_len": int(float(length[:-1]) * 1024) if length.endswith("k") else int(length),
-            "rope_theta": float(parts[1]),
-            "steps": int(parts[2]),
-        }
+        stage = {"seq_len": parse_length(parts[0]), "rope_theta": float(parts[1]), "steps": int(parts[2])}
         if len(parts) == 4:
             stage["batch_size"] = int(parts[3])
     except ValueError:
@@ -41,57 +43,100 @@ def parse_stage(text: str) -> dict:
     return stage
 
 
-if TYPE_CHECKING:
-    from ringworld.model.transformer import ModelConfig
+OPTIMIZERS = ("muon", "adamw")
+DTYPES = ("auto", "fp32", "bf16")
+
+
+def option(default, help: str, group: str, *, shown: str | None = None, flag: str | None = None):
+    """A field that is also a `ringworld train` option: its help, its group in --help, the default as
+    --help shows it (``shown``, else the value itself) and its flag (else --field-name)."""
+    meta = {"help": help, "group": group, "shown": shown, "flag": flag}
+    if default == []:
+        return field(default_factory=list, metadata=meta)
+    return field(default=default, metadata=meta)
 
 
 @dataclass
 class TrainConfig:
+    """Every setting of a training run. The fields made with ``option`` are `ringworld train`'s options
+    (``ringworld.cli.train`` derives them from here, help included)."""
+
     out: str  # run directory
-    tokenizer: str = ""  # tokenizer directory (copied into the run)
-    data: str = "world"  # "world" (the sprite-world task mixture) or an ingested shard directory
-    tasks: dict[str, float] | None = None  # world task weights; None = uniform
-    video_frames: int = 4
-    preset: str = "tiny"
-    depth: int = 0  # 0: the preset's depth
-    model: dict = field(default_factory=dict)  # ModelConfig overrides (rope_theta, qk_norm, ...)
-    seq_len: int = 1024
-    batch_size: int = 8  # rows per optimizer step, over all ranks and micro-batches
-    grad_accum: int = 1
-    steps: int = 1000
-    max_seconds: float = 0.0  # > 0: stop after this much training time; the schedule follows
-    optimizer: str = "muon"  # muon: Muon for the blocks' matrices, AdamW for the rest; adamw: AdamW for all
-    lr: float = 3e-3  # AdamW's peak lr
-    muon_lr: float = 0.02  # Muon's peak lr (the schedule scales both alike)
-    muon_momentum: float = 0.95
-    min_lr_ratio: float = 0.1
-    warmup: int = 50
-    weight_decay: float = 0.1
-    betas: tuple[float, float] = (0.9, 0.95)
-    grad_clip: float = 1.0
-    text_weight: float = 0.5
-    vision_weight: float = 0.5
-    # loss weight of targets that are the background code (the most frequent visual code of the
-    # first batch); inference adds log(1 / weight) to its logit, which undoes the bias the weight teaches
-    background_weight: float = 0.1
-    caption_dropout: float = 0.1
-    seed: int = 0
-    dtype: str = (
-        "auto"  # auto: bf16 autocast where bf16 is fast (accelerators, CPUs with AVX512-BF16 or AMX), else fp32
+    # data
+    tokenizer: str = option("", "tokenizer directory from `ringworld tokenizer train` (copied into the run)", "data")
+    data: str = option("world", "'world' (the sprite-world task mixture) or an ingested shard directory", "data")
+    tasks: dict[str, float] | None = option(
+        None, "world task weights, e.g. text_to_image=2,qa=1", "data", shown="uniform"
     )
-    compile: bool = True  # torch.compile each block; eager (with a notice) where no compiler is found
-    activation_checkpointing: bool = False
-    attention: str = "auto"  # attention kernel: auto (measured choice), blockwise, documents, mask or flex
-    context_parallel: int = 1  # processes sharing each row (ring attention); divides the process count
-    init_from: str = ""  # start from this checkpoint's (or run's) weights, not random ones
+    video_frames: int = option(4, "frames in world videos", "data")
+    caption_dropout: float = option(0.1, "drop prompts with this probability, for classifier-free guidance", "data")
+    # model
+    preset: str = option("tiny", "model size", "model")
+    depth: int = option(0, "layers; width follows (64 per layer); overrides --preset", "model", shown="the preset's")
+    model: dict = field(default_factory=dict)  # ModelConfig overrides (rope_theta, qk_norm, ...)
+    init_from: str = option("", "start from this run's or checkpoint's weights (and tokenizer)", "model", shown="none")
+    # long context
     # progressive context growth: stages run one after another, each starting from the last one's
     # weights; each a dict of seq_len, rope_theta, steps and optionally batch_size
-    stages: list[dict] = field(default_factory=list)
-    log_every: int = 10
-    eval_every: int = 100  # held-out learning curves every this many steps (world data; 0 = off)
-    save_every: int = 500
-    keep: int = 2
-    tensorboard: bool = True
+    stages: list[dict] = option(
+        [],
+        "a context-growth stage LEN:ROPE_THETA:STEPS[:BATCH], e.g. 16k:1e6:50:1; repeat for each stage, shortest "
+        "first (each starts from the previous one's weights, in OUT/stage_K)",
+        "long context",
+        shown="none",
+        flag="--stage",
+    )
+    context_parallel: int = option(
+        1, "processes sharing each row (ring attention); divides the process count", "long context", flag="--cp"
+    )
+    attention: str = option(
+        "auto", "attention kernel; blockwise keeps memory linear in length", "long context", shown="auto: measured"
+    )
+    # optimisation
+    seq_len: int = option(1024, "tokens per packed row", "optimisation")
+    batch_size: int = option(8, "rows per optimizer step, all processes and micro-batches together", "optimisation")
+    grad_accum: int = option(1, "micro-batches per step", "optimisation")
+    steps: int = option(1000, "optimizer steps", "optimisation")
+    max_seconds: float = option(
+        0.0, "stop after this much training time; the schedule follows", "optimisation", shown="off"
+    )
+    optimizer: str = option(
+        "muon",
+        "muon: Muon for the blocks' matrices and AdamW (--lr) for embeddings, head and norms; adamw: AdamW for all",
+        "optimisation",
+    )
+    lr: float = option(3e-3, "AdamW's peak learning rate", "optimisation")
+    muon_lr: float = option(0.02, "Muon's peak learning rate (the schedule scales both alike)", "optimisation")
+    muon_momentum: float = option(0.95, "Muon's momentum", "optimisation")
+    min_lr_ratio: float = option(0.1, "final lr as a fraction of the peak", "optimisation")
+    warmup: int = option(50, "warmup steps", "optimisation")
+    weight_decay: float = option(0.1, "AdamW weight decay on matrices", "optimisation")
+    betas: tuple[float, float] = (0.9, 0.95)
+    grad_clip: float = option(1.0, "clip the gradient norm at this", "optimisation")
+    text_weight: float = option(0.5, "weight of the mean text loss", "optimisation")
+    vision_weight: float = option(0.5, "weight of the mean vision loss", "optimisation")
+    background_weight: float = option(
+        0.1,
+        "loss weight of background-code targets (the most frequent visual code of the first batch), in (0, 1]; "
+        "inference adds log(1 / weight) to its logit, which undoes the bias the weight teaches",
+        "optimisation",
+    )
+    seed: int = option(0, "weights and data order", "optimisation")
+    # speed and logging
+    dtype: str = option(
+        "auto", "bf16 autocast; auto = bf16 where it is fast (accelerators, CPUs with AVX512-BF16 or AMX)", "speed"
+    )
+    compile: bool = option(
+        True, "torch.compile each block (eager, with a notice, where no compiler is found)", "speed", shown="on"
+    )
+    activation_checkpointing: bool = option(False, "recompute blocks in backward: less memory", "speed", shown="off")
+    log_every: int = option(10, "steps between log lines", "speed")
+    eval_every: int = option(
+        100, "steps between the held-out curves (world data; a multiple of --log-every; 0: off)", "speed"
+    )
+    save_every: int = option(500, "steps between checkpoints", "speed")
+    keep: int = option(2, "checkpoints kept", "speed")
+    tensorboard: bool = option(True, "write TensorBoard logs", "speed", shown="on")
 
     def __post_init__(self) -> None:
         self.betas = tuple(self.betas)
@@ -103,14 +148,18 @@ class TrainConfig:
             problems.append(
                 f"eval_every must be 0 (off) or a multiple of log_every {self.log_every} (got {self.eval_every})"
             )
-        if self.dtype not in ("auto", "fp32", "bf16"):
-            problems.append(f"dtype must be auto, fp32 or bf16 (got {self.dtype!r})")
-        if self.tasks is not None and set(self.tasks) - set(TASKS):
-            problems.append(f"unknown task(s) {sorted(set(self.tasks) - set(TASKS))}; tasks are {', '.join(TASKS)}")
-        if self.text_weight < 0 or self.vision_weight < 0 or self.text_weight + self.vision_weight <= 0:
-            problems.append(f"loss weights must be >= 0 and not both 0 (got {self.text_weight}, {self.vision_weight})")
-        if self.optimizer not in ("muon", "adamw"):
-            problems.append(f"optimizer must be muon or adamw (got {self.optimizer!r})")
+        if self.dtype not in DTYPES:
+            problems.append(f"dtype must be one of {', '.join(DTYPES)} (got {self.dtype!r})")
+        for check in (
+            lambda: LossWeights(self.text_weight, self.vision_weight),
+            lambda: check_caption_dropout(self.caption_dropout),
+        ):
+            try:
+                check()
+            except ValueError as e:
+                problems.append(str(e))
+        if self.optimizer not in OPTIMIZERS:
+            problems.append(f"optimizer must be one of {', '.join(OPTIMIZERS)} (got {self.optimizer!r})")
         if self.muon_lr <= 0 or not 0 <= self.muon_momentum < 1:
             problems.append(
                 f"muon_lr must be > 0 and muon_momentum in [0, 1) (got {self.muon_lr}, {self.muon_momentum})"
@@ -119,8 +168,6 @@ class TrainConfig:
             problems.append(
                 f"background_weight lies in (0, 1] (got {self.background_weight}); 1 weighs it as any target"
             )
-        if not 0 <= self.caption_dropout < 1:
-            problems.append(f"caption dropout is a probability in [0, 1) (got {self.caption_dropout})")
         if self.lr <= 0 or self.grad_clip <= 0 or self.weight_decay < 0 or self.warmup < 0:
             problems.append(
                 f"lr and grad_clip must be > 0, weight_decay and warmup >= 0 (got lr {self.lr}, grad_clip "
@@ -164,13 +211,16 @@ class TrainConfig:
 
     @classmethod
     def from_dict(cls, d: dict) -> TrainConfig:
+        """The config a run saved (every field it has had since the first run; a key no version knows
+        is an error, not silently dropped)."""
         known = {f.name for f in fields(cls)}
-        return cls(**{k: v for k, v in d.items() if k in known})
+        unknown = set(d) - known
+        if unknown:
+            raise ValueError(f"unknown training config keys {sorted(unknown)}; known keys are {sorted(known)}")
+        return cls(**d)
 
     def model_config(self, vocab_size: int, base: dict | None = None) -> ModelConfig:
         """The model to train; ``base`` (a checkpoint's model config, for ``init_from``) fixes its shape."""
-        from ringworld.model.transformer import ModelConfig
-
         overrides = {"max_seq_len": self.seq_len, **self.model}
         if base is not None:
             return ModelConfig.from_dict({**base, **overrides})

@@ -9,7 +9,6 @@ token count per modality, known before any forward, so the gradients equal one b
 from __future__ import annotations
 
 import json
-import math
 import shutil
 import signal
 import threading
@@ -19,21 +18,21 @@ from contextlib import nullcontext
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
 
-import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from ringworld import schedule
 from ringworld.data.packing import PAD_SEGMENT, PackedBatch
 from ringworld.data.shards import ShardDataset
-from ringworld.data.sources import ShardSource, WorldSource
-from ringworld.eval.curves import HeldOutCurves
+from ringworld.data.sources import ShardSource, WorldSource, world_source
 from ringworld.io import atomic_directory, atomic_write_text
-from ringworld.jobs.tokenizer import tokenizer_world
+from ringworld.model.attention import document_runs
 from ringworld.model.transformer import ModelConfig, Transformer
+from ringworld.parallel.context import RingMask
 from ringworld.parallel.mesh import Distributed, build_model, init_distributed, shutdown
 from ringworld.parallel.ring import zigzag_shard
 from ringworld.perf import fast_bf16, measured_peak_flops
-from ringworld.tokens.bundle import load_codec
+from ringworld.tokens.bundle import load_codec, world_settings
 from ringworld.tokens.vocab import Vocab
 from ringworld.train.checkpoint import (
     check_same_shape,
@@ -46,6 +45,7 @@ from ringworld.train.checkpoint import (
     save_checkpoint,
 )
 from ringworld.train.config import TrainConfig
+from ringworld.train.curves import HeldOutCurves
 from ringworld.train.loss import (
     LossWeights,
     background_logit_bias,
@@ -57,9 +57,8 @@ from ringworld.train.loss import (
     per_modality_means,
     weigh_background,
 )
+from ringworld.train.metrics import MetricsLogger
 from ringworld.train.optim import Optimizers, make_optimizer, set_hyperparameters
-from ringworld.world.sim import WorldConfig
-from ringworld.world.tasks import NEEDLE_TASKS, TaskConfig, fit_needles
 
 
 @dataclass
@@ -73,29 +72,24 @@ class TrainResult:
 
 
 def lr_at(cfg: TrainConfig, step: int, elapsed: float) -> float:
-    """Linear warmup over ``warmup`` steps, then cosine to ``min_lr_ratio`` x lr. With a time budget,
-    progress is whichever of steps and seconds is further along."""
-    if step < cfg.warmup:
-        return cfg.lr * (step + 1) / cfg.warmup
-    progress = (step + 1 - cfg.warmup) / max(1, cfg.steps - cfg.warmup)  # 1 on the last step: the floor
-    if cfg.max_seconds > 0:
-        progress = max(progress, elapsed / cfg.max_seconds)
-    progress = min(1.0, progress)
-    return cfg.lr * (cfg.min_lr_ratio + (1 - cfg.min_lr_ratio) * 0.5 * (1 + math.cos(math.pi * progress)))
+    """The learning rate of ``step``: ``ringworld.schedule.warmup_cosine`` from ``cfg.lr``."""
+    factor = schedule.warmup_cosine(
+        step, warmup=cfg.warmup, steps=cfg.steps, seconds=elapsed, max_seconds=cfg.max_seconds, floor=cfg.min_lr_ratio
+    )
+    return cfg.lr * factor
 
 
-def make_source(cfg: TrainConfig, codec, world: WorldConfig = WorldConfig()) -> WorldSource | ShardSource:
+def make_source(cfg: TrainConfig, codec, world: dict) -> WorldSource | ShardSource:
+    """The batches of ``cfg.data``; ``world``: the tokenizer's world settings (``world_settings``)."""
     if cfg.data == "world":
-        task_config = TaskConfig(world=world, video_frames=cfg.video_frames)
-        if cfg.tasks and any(cfg.tasks.get(t, 0) > 0 for t in NEEDLE_TASKS):
-            task_config = fit_needles(task_config, codec, cfg.seq_len)  # haystacks sized to the row
-        return WorldSource(
+        return world_source(
             codec,
+            world,
+            video_frames=cfg.video_frames,
             seq_len=cfg.seq_len,
             rows=cfg.batch_size,
             seed=cfg.seed,
             task_weights=cfg.tasks,
-            task_config=task_config,
             caption_dropout=cfg.caption_dropout,
         )
     dataset = ShardDataset(cfg.data)
@@ -213,7 +207,7 @@ def _train(cfg: TrainConfig, d: Distributed, *, resume: bool, stop_at: int | Non
         check_same_shape(init, model_cfg)
         load_weights(init, model, d)
     optimizer = make_optimizer(model, cfg, d.device)
-    source = make_source(cfg, codec, tokenizer_world(run / "tokenizer"))
+    source = make_source(cfg, codec, world_settings(run / "tokenizer"))
     rows = _global_rows(cfg, d)
     background = _background_code(source, codec.vocab, resume_from or init)
     background_id = None if background is None else codec.vocab.code_id(background)
@@ -239,7 +233,7 @@ def _train(cfg: TrainConfig, d: Distributed, *, resume: bool, stop_at: int | Non
     autocast = torch.autocast(d.device.type, dtype=torch.bfloat16) if bf16 else nullcontext()
     peak = measured_peak_flops(d.device, torch.bfloat16 if bf16 else torch.float32) * d.world_size
     weights = LossWeights(cfg.text_weight, cfg.vision_weight)
-    logger = _Logger(run, cfg, d, start)
+    logger = MetricsLogger(run, cfg, d, start)
 
     def save(step: int) -> Path:
         trainer_state = {"step": step, "data": batches.state, "elapsed_seconds": elapsed}
@@ -285,7 +279,10 @@ def _train(cfg: TrainConfig, d: Distributed, *, resume: bool, stop_at: int | Non
             bar.update(1)
             if step % cfg.log_every == 0 or step == end:
                 seconds = time.perf_counter() - window["start"]
-                record |= {"tokens_per_s": window["tokens"] / seconds, "mfu": window["flops"] / seconds / peak}
+                record |= {
+                    "tokens_per_s": window["tokens"] / seconds,
+                    "mfu_measured_peak": window["flops"] / seconds / peak,
+                }
                 if curves is not None and (step % cfg.eval_every == 0 or step == end):
                     record |= {"seconds": elapsed} | {f"heldout/{k}": v for k, v in curves(model, logit_bias).items()}
                 logger.log(record, bar)
@@ -313,13 +310,9 @@ def _background_code(source: WorldSource | ShardSource, vocab: Vocab, earlier: P
 def useful_flops(cfg: ModelConfig, batch: PackedBatch) -> float:
     """Training FLOPs of this rank's documents: 6 x matmul weights per token, plus causal attention
     within each document (6 x layers x width x length^2), padding excluded."""
-    seg = batch.segment_ids.numpy()
-    starts = np.flatnonzero(np.diff(seg, prepend=-2, axis=1).ravel() != 0)  # each run's first token
-    lengths = np.diff(np.append(starts, seg.size))
-    lengths = lengths[seg.ravel()[starts] != PAD_SEGMENT]
-    return float(
-        cfg.flops_per_token(0) * lengths.sum() + 6 * cfg.n_layers * cfg.dim * (lengths.astype(float) ** 2).sum()
-    )
+    starts, lengths = document_runs(batch.segment_ids)
+    lengths = lengths[batch.segment_ids.flatten()[starts] != PAD_SEGMENT].double()
+    return float(cfg.flops_per_token(0) * lengths.sum() + 6 * cfg.n_layers * cfg.dim * (lengths**2).sum())
 
 
 class _Prefetcher:
@@ -411,9 +404,10 @@ def train_step(
         mb = mb.to(d.device)
         if d.mesh is not None:
             model.set_requires_gradient_sync(i == cfg.grad_accum - 1)
+        segment_ids = None if one_document_rows else mb.segment_ids
+        mask = None if d.cp_group is None else RingMask(segment_ids, d.cp_group)  # rows are zigzag shards
         with autocast:
-            segment_ids = None if one_document_rows else mb.segment_ids
-            logits = model(mb.ids, segment_ids=segment_ids, positions=mb.positions)  # (b, T, V)
+            logits = model(mb.ids, segment_ids=segment_ids, positions=mb.positions, mask=mask)  # (b, T, V)
         mb_sums = modality_sums(logits, mb)
         # FSDP averages gradients over ranks; the loss already divides by global counts, so undo it
         (balanced_loss(mb_sums, counts, weights) * d.world_size).backward()
@@ -424,80 +418,3 @@ def train_step(
     optimizer.step()
     optimizer.zero_grad(set_to_none=True)
     return d.all_reduce_sum(sums).cpu(), counts.cpu(), float(grad_norm)
-
-
-def _lines(path: Path) -> list[str]:
-    """The whole JSON lines of a log (a crash can leave the last one half written)."""
-    if not path.exists():
-        return []
-    lines = []
-    for line in path.read_text().splitlines():
-        try:
-            json.loads(line)
-        except json.JSONDecodeError:
-            continue
-        lines.append(line)
-    return lines
-
-
-TENSORBOARD_TAGS = {
-    "loss": "loss/balanced",
-    "text_loss": "loss/text",
-    "vision_loss": "loss/vision",
-    "lr": "optim/lr",
-    "grad_norm": "optim/grad_norm",
-    "tokens_per_s": "speed/tokens_per_s",
-    "mfu": "speed/mfu",
-}
-
-
-class _Logger:
-    """metrics.jsonl (one line per logged step, truncated back to ``start`` on resume), TensorBoard
-    scalars and the progress bar's postfix; rank 0 only."""
-
-    def __init__(self, run: Path, cfg: TrainConfig, d: Distributed, start: int) -> None:
-        self.active = d.is_main
-        self.writer = None
-        self.skills = ""  # the last held-out object accuracies, kept on the progress bar
-        if not self.active:
-            return
-        path = run / "metrics.jsonl"
-        kept = (
-            [line for line in path.read_text().splitlines() if json.loads(line)["step"] <= start]
-            if path.exists()
-            else []
-        )
-        path.write_text("".join(line + "\n" for line in kept))
-        self.file = path.open("a")
-        if cfg.tensorboard:
-            from torch.utils.tensorboard import SummaryWriter
-
-            self.writer = SummaryWriter(str(run / "tensorboard"), purge_step=start + 1 if start else None)
-
-    def log(self, record: dict, bar: tqdm) -> None:
-        if not self.active:
-            return
-        self.file.write(json.dumps(record) + "\n")
-        self.file.flush()
-        if "heldout/t2i_object_acc" in record:
-            self.skills = "  objects: " + " ".join(
-                f"{name} {record[f'heldout/{name}_object_acc']:.2f}" for name in ("t2i", "t2v", "predict", "act")
-            )
-        bar.set_postfix_str(
-            f"loss {record['loss']:.3f} text {record['text_loss']:.3f} vision {record['vision_loss']:.3f} "
-            f"{record['tokens_per_s']:,.0f} tok/s MFU {record['mfu']:.1%}{self.skills}"
-        )
-        if self.writer is not None:
-            tags = TENSORBOARD_TAGS | {key: key for key in record if key.startswith("heldout/")}
-            for key, tag in tags.items():
-                if math.isfinite(record[key]):
-                    self.writer.add_scalar(tag, record[key], record["step"])
-
-    def __enter__(self) -> _Logger:
-        return self
-
-    def __exit__(self, *exc: object) -> None:
-        if self.active:
-            self.file.close()
-            if self.writer is not None:
-                self.writer.close()

@@ -275,3 +275,9 @@ def state_to_dict(state: State) -> dict:
         ],
         "agent": 0 if state.has_agent else None,
     }
+
+
+def random_frames(rng: np.random.Generator, n: int, world: WorldConfig) -> tuple[np.ndarray, list[State]]:
+    """``n`` random scenes (half with an agent) rendered: (n, H, W, 3) uint8 and their states."""
+    states = [random_state(rng, world, agent=bool(rng.integers(2))) for _ in range(n)]
+    return render(states), states

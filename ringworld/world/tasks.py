@@ -145,18 +145,23 @@ def sample_task(name: str, rng: np.random.Generator, cfg: TaskConfig = TaskConfi
     return TASKS[name](rng, cfg)
 
 
+def check_task_weights(weights: dict[str, float]) -> None:
+    """Raise a ValueError naming the problem unless ``weights`` weighs known tasks, >= 0, not all 0."""
+    unknown = set(weights) - set(TASKS)
+    if unknown:
+        raise ValueError(f"unknown task(s) {', '.join(sorted(unknown))}; tasks are {', '.join(TASKS)}")
+    if any(w < 0 for w in weights.values()) or sum(weights.values()) <= 0:
+        raise ValueError(f"task weights must be >= 0 and not all zero, got {weights}")
+
+
 def sample_mixture(
     rng: np.random.Generator, weights: dict[str, float] | None = None, cfg: TaskConfig = TaskConfig()
 ) -> TaskSample:
     """One sample from a weighted mixture of tasks (uniform over ``DEFAULT_TASKS`` when ``weights`` is None)."""
     weights = weights or dict.fromkeys(DEFAULT_TASKS, 1.0)
-    unknown = set(weights) - set(TASKS)
-    if unknown:
-        raise ValueError(f"unknown task(s) {', '.join(sorted(unknown))}; tasks are {', '.join(TASKS)}")
+    check_task_weights(weights)
     names = list(weights)
     p = np.array([weights[n] for n in names], dtype=float)
-    if (p < 0).any() or p.sum() <= 0:
-        raise ValueError(f"task weights must be >= 0 and not all zero, got {weights}")
     return sample_task(names[int(rng.choice(len(names), p=p / p.sum()))], rng, cfg)
 
 

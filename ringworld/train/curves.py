@@ -22,13 +22,17 @@ velocity the first frame cannot show. Accuracy is the argmax's; loss is in nats.
 
 from __future__ import annotations
 
-import numpy as np
+from typing import TYPE_CHECKING
+
 import torch
 import torch.nn.functional as F
 
 from ringworld.data.packing import IGNORE, PackedBatch, pack
+from ringworld.data.sources import task_documents
 from ringworld.tokens.codec import Codec
-from ringworld.world.tasks import TaskConfig, sample_task
+
+if TYPE_CHECKING:
+    from ringworld.world.tasks import TaskConfig
 
 CURVES_SEED = 7_000_011  # held-out documents: neither training's (seed, step, row) nor the oracle eval's
 DETERMINED_FROM = 2  # the first video frame the context fixes
@@ -61,8 +65,7 @@ class HeldOutCurves:
         self.eof = vocab.special("<|eof|>")
         self.batches: dict[str, PackedBatch] = {}
         for task in TASK_KEYS:
-            rng = np.random.default_rng([seed, sum(map(ord, task))])
-            docs = [codec.encode(sample_task(task, rng, task_config).document) for _ in range(documents)]
+            docs = task_documents(codec, task, documents, seed, task_config)
             longest = max(map(len, docs))
             self.batches[task] = pack(docs, max(seq_len, longest), vocab.special("<|pad|>"))
 

@@ -1,0 +1,111 @@
+"""Constrained decoding: which ids may come next in each row, following the codec's token layout.
+
+Inside an image or video only visual codes are allowed, ``<|eol|>`` and ``<|eof|>`` are forced at
+their places, actions can be forced between frames, and a span is closed at its length, so every
+constrained span decodes. The state is kept as tensors on the device: no host syncs.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ringworld.tokens.codec import Codec
+
+FREE, IMAGE, VIDEO = 0, 1, 2
+
+
+class SpanGrammar:
+    """Which ids may come next, for a batch of rows, following the codec's layout.
+
+    State per row: the span it is in (free text, image, video), the position inside the current
+    frame body (rows of codes, each closed by ``<|eol|>``), the frames finished in the video,
+    the last token, and whether the row has stopped. ``allowed()`` gives a (B, V) mask; forced
+    tokens are masks with one id.
+    """
+
+    def __init__(self, codec: Codec, device: torch.device | str = "cpu") -> None:
+        v, sp = codec.vocab, codec.vocab.special
+        self.row, self.body = codec.row_length, codec.frame_length  # tokens in a row, in a frame body
+        self.vocab_size = v.size
+        self.eol, self.eof, self.pad = sp("<|eol|>"), sp("<|eof|>"), sp("<|pad|>")
+        self.open_image, self.close_image = sp("<|image|>"), sp("<|/image|>")
+        self.open_video, self.close_video = sp("<|video|>"), sp("<|/video|>")
+        self.code_lo, self.code_hi = v.code_ids.start, v.code_ids.stop
+        self.device = torch.device(device)
+
+        def mask(ids) -> torch.Tensor:
+            m = torch.zeros(v.size, dtype=torch.bool, device=self.device)
+            m[torch.as_tensor(list(ids), dtype=torch.long, device=self.device)] = True
+            return m
+
+        self.codes = mask(v.code_ids)
+        self.actions = mask(v.action_ids)
+        in_span_only = [*v.code_ids, self.eol, self.eof, self.close_image, self.close_video]
+        self.free = ~mask([*in_span_only, self.pad, sp("<|bos|>")])
+        self.only = {tok: mask([tok]) for tok in (self.eol, self.eof, self.pad, self.close_image, self.close_video)}
+
+    def start(
+        self,
+        prompts: torch.Tensor,  # (B, L) left-padded with <|pad|>
+        video_frames: torch.Tensor,  # (B,) frames a generated video ends after; 0 = the model decides
+        video_actions: torch.Tensor,  # (B, A) action id forced after frame f's <|eof|>; -1 = none
+    ) -> None:
+        B = len(prompts)
+        zeros = torch.zeros(B, dtype=torch.long, device=self.device)
+        self.span, self.pos, self.frames = zeros.clone(), zeros.clone(), zeros.clone()
+        self.prev = torch.full((B,), self.pad, dtype=torch.long, device=self.device)
+        self.done = torch.zeros(B, dtype=torch.bool, device=self.device)
+        self.video_frames, self.video_actions = video_frames, video_actions
+        for column in prompts.T:  # the state at the end of each prompt
+            self.advance(column)
+
+    def advance(self, tokens: torch.Tensor) -> None:
+        """Move every row's state past ``tokens`` (B,); <|pad|> leaves a state as it is."""
+        real = tokens != self.pad
+        in_span = self.span != FREE
+        body = in_span & (((tokens >= self.code_lo) & (tokens < self.code_hi)) | (tokens == self.eol))
+        self.pos = torch.where(body, self.pos + 1, self.pos)
+        eof = in_span & (tokens == self.eof)
+        self.frames = torch.where(eof, self.frames + 1, self.frames)
+        self.pos = torch.where(eof, 0, self.pos)
+        opened = (tokens == self.open_image) | (tokens == self.open_video)
+        closed = (tokens == self.close_image) | (tokens == self.close_video)
+        self.span = torch.where(tokens == self.open_image, IMAGE, self.span)
+        self.span = torch.where(tokens == self.open_video, VIDEO, self.span)
+        self.span = torch.where(closed, FREE, self.span)
+        reset = opened | closed
+        self.pos = torch.where(reset, 0, self.pos)
+        self.frames = torch.where(reset, 0, self.frames)
+        self.prev = torch.where(real, tokens, self.prev)
+
+    def stop(self, stopped: torch.Tensor) -> None:
+        self.done |= stopped
+
+    def allowed(self) -> torch.Tensor:
+        """(B, V) bool: the ids each row may take next."""
+        B = len(self.span)
+        out = self.free.expand(B, -1)
+        in_span = self.span != FREE
+        out = torch.where(in_span[:, None], self.codes, out)
+        between = (self.span == VIDEO) & (self.pos == 0) & (self.prev == self.eof)
+        if self.video_actions.size(1):
+            index = (self.frames - 1).clamp(0, self.video_actions.size(1) - 1)
+            action = self.video_actions.gather(1, index[:, None]).squeeze(1)  # (B,)
+            has_action = between & (self.frames <= self.video_actions.size(1)) & (action >= 0)
+            forced = torch.zeros_like(out)
+            forced[torch.arange(B, device=self.device), action.clamp(min=0)] = True
+            out = torch.where(has_action[:, None], forced, out)
+        last = between & (self.video_frames > 0) & (self.frames >= self.video_frames)
+        open_end = between & (self.video_frames == 0)  # the model may close the video here
+        out = out | (open_end[:, None] & self.only[self.close_video])
+        eol = in_span & (self.pos < self.body) & (self.pos % self.row == self.row - 1)
+        rules = (
+            (eol, self.eol),
+            ((self.span == IMAGE) & (self.pos == self.body), self.close_image),
+            ((self.span == VIDEO) & (self.pos == self.body), self.eof),
+            (last, self.close_video),
+            (self.done, self.pad),
+        )
+        for where, token in rules:
+            out = torch.where(where[:, None], self.only[token], out)
+        return out
