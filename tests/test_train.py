@@ -355,3 +355,10 @@ def test_metrics_reader_skips_a_half_written_last_line(tmp_path):
     (tmp_path / "metrics.jsonl").write_text('{"step": 1, "loss": 2.0}\n{"step": 2, "loss": 1.5}\n{"step": 3, "lo')
     assert [r["step"] for r in read_metrics(tmp_path)] == [1, 2]
     assert read_metrics(tmp_path / "nowhere") == []
+
+
+def test_saved_configs_round_trip_and_unknown_keys_are_refused():
+    cfg = TrainConfig(out="x", tasks={"qa": 1.0}, stages=[{"seq_len": 2048, "rope_theta": 2e4, "steps": 3}])
+    assert TrainConfig.from_dict(json.loads(json.dumps(cfg.to_dict()))) == cfg  # what a run's config.json holds
+    with pytest.raises(ValueError, match=r"unknown training config keys \['learning_rate'\]"):
+        TrainConfig.from_dict({"out": "x", "learning_rate": 0.1})
