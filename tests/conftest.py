@@ -19,3 +19,27 @@ def world_tokenizer_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     directory = tmp_path_factory.mktemp("world_tokenizer")
     save_tokenizers(directory, text, vision)
     return directory
+
+
+@pytest.fixture(scope="session")
+def tiny_run(world_tokenizer_dir, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """A run of a one-layer model trained for 3 steps: untrained in effect, but a real run directory
+    (checkpoint, config, tokenizer) that every inference path loads."""
+    from ringworld.train.config import TrainConfig
+    from ringworld.train.loop import train
+
+    out = tmp_path_factory.mktemp("tiny_run") / "run"
+    cfg = TrainConfig(
+        out=str(out),
+        tokenizer=str(world_tokenizer_dir),
+        depth=1,
+        seq_len=512,  # the context must hold a caption and a 3-frame video of 32 px frames
+        video_frames=3,
+        batch_size=2,
+        steps=3,
+        warmup=1,
+        tensorboard=False,
+        compile=False,
+    )
+    train(cfg, progress=False)
+    return out

@@ -22,6 +22,7 @@ COMMANDS = {  # every command, and the subcommands of those that have them
     "predict": [],
     "ask": [],
     "eval": ["world", "needle"],
+    "serve": [],
     "demo": [],
 }
 

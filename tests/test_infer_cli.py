@@ -10,8 +10,6 @@ from ringworld.cli import main
 from ringworld.eval.world import caption_matches, scene_matches, video_matches
 from ringworld.infer.tasks import answer, load_world_model
 from ringworld.media import read_image, read_video, write_gif, write_image
-from ringworld.train.config import TrainConfig
-from ringworld.train.loop import train
 from ringworld.world.oracle import parse_frame, parse_frames
 from ringworld.world.sim import Obj, State, WorldConfig, random_state, render, rollout
 
@@ -21,22 +19,8 @@ FRAME = 32
 
 
 @pytest.fixture(scope="module")
-def run(world_tokenizer_dir, tmp_path_factory):
-    out = tmp_path_factory.mktemp("tiny_run") / "run"
-    cfg = TrainConfig(
-        out=str(out),
-        tokenizer=str(world_tokenizer_dir),
-        depth=1,
-        seq_len=512,  # the context must hold a caption and a 3-frame video of 32 px frames
-        video_frames=3,
-        batch_size=2,
-        steps=3,
-        warmup=1,
-        tensorboard=False,
-        compile=False,
-    )
-    train(cfg, progress=False)
-    return out
+def run(tiny_run):
+    return tiny_run
 
 
 def test_generate_image_and_video(run, tmp_path):

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ringworld.cli import data, demo, evaluate, generate, tokenizer, train, world
+from ringworld.cli import data, demo, evaluate, generate, serve, tokenizer, train, world
 
 DESCRIPTION = """\
 ringworld: one decoder-only transformer over text, image, video and action tokens.
@@ -22,9 +22,10 @@ The built-in sprite world makes its own data, so everything runs offline:
   ringworld ask clip.gif "what colour is the square?" --checkpoint runs/model
   ringworld eval world --checkpoint runs/model --json eval.json --report runs/report   oracle-scored metrics
   ringworld eval needle --checkpoint runs/model --lengths 1k,4k --plot needle.png   needle in a haystack
+  ringworld serve --checkpoint runs/model         an OpenAI-compatible server (127.0.0.1:8000)
   ringworld demo --out runs/demo                 all of it on the built-in world, in minutes on a CPU
 """
-GROUPS = (world, tokenizer, data, train, generate, evaluate, demo)  # in --help's order
+GROUPS = (world, tokenizer, data, train, generate, evaluate, serve, demo)  # in --help's order
 
 
 def build_parser() -> argparse.ArgumentParser:

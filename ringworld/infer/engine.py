@@ -143,9 +143,9 @@ class Engine:
         guided = uncond_prompts is not None and guidance != 1.0
         if uncond_prompts is not None and len(uncond_prompts) != B:
             raise ValueError(f"{B} prompts but {len(uncond_prompts)} unconditional prompts; give one per prompt")
-        rows = [self._check(p, i) for i, p in enumerate(prompts)]
+        rows = [self.check_prompt(p, i) for i, p in enumerate(prompts)]
         if guided:
-            rows += [self._check(p, i) for i, p in enumerate(uncond_prompts)]  # type: ignore[arg-type]
+            rows += [self.check_prompt(p, i) for i, p in enumerate(uncond_prompts)]  # type: ignore[arg-type]
         stop_ids = torch.tensor(
             list(stop) if stop is not None else [self.codec.vocab.special("<|eos|>")], device=self.device
         )
@@ -169,7 +169,7 @@ class Engine:
         grammar = self.grammar
         if constrained:
             frames = torch.as_tensor(video_frames, device=self.device).expand(B).long()
-            actions = _pad_actions(video_actions, B, self.device)
+            actions = pad_actions(video_actions, B, self.device)
             grammar.start(ids[:B], frames, actions)
         generator = torch.Generator(self.device).manual_seed(sampling.seed)
         cache = KVCache.allocate(self.model.cfg, len(rows), total, device=self.device, dtype=self.dtype)
@@ -218,7 +218,7 @@ class Engine:
         tokens = [row[:end] for row, end in zip(new.cpu().numpy(), lengths.tolist(), strict=True)]
         return Generation(tokens, torch.stack(kept, 1) if return_logits else None)
 
-    def _check(self, prompt: Sequence[int] | np.ndarray, i: int) -> list[int]:
+    def check_prompt(self, prompt: Sequence[int] | np.ndarray, i: int) -> list[int]:
         row = [int(x) for x in prompt]
         if not row:
             raise ValueError(f"prompt {i} is empty; every prompt starts with <|bos|> at least")
@@ -228,7 +228,7 @@ class Engine:
         return row
 
 
-def _pad_actions(actions: Sequence[Sequence[int]] | None, rows: int, device: torch.device) -> torch.Tensor:
+def pad_actions(actions: Sequence[Sequence[int]] | None, rows: int, device: torch.device) -> torch.Tensor:
     """(rows, A) action ids, -1 where there is none."""
     if actions is None:
         return torch.full((rows, 0), -1, dtype=torch.long, device=device)

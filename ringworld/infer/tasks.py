@@ -96,13 +96,30 @@ def _batches(n: int, size: int):
         yield slice(start, min(n, start + size))
 
 
-def _decoded_media(wm: WorldModel, ids: np.ndarray, kind: type) -> np.ndarray:
+def decoded_media(wm: WorldModel, ids: np.ndarray, kind: type) -> np.ndarray:
     """Pixels of the last image or video in ``ids`` (read leniently; constrained spans always parse)."""
     segments = wm.codec.decode(ids, lenient=True).segments
     media = [s for s in segments if isinstance(s, kind)]
     if not media:
         raise RuntimeError(f"the model produced no {kind.__name__.lower()}; this is a bug in constrained decoding")
     return wm.codec.decode_pixels([media[-1]])[0].pixels
+
+
+def drawing_prompts(wm: WorldModel, caption: str, kind: type) -> tuple[np.ndarray, np.ndarray]:
+    """The prompt that opens an image (``kind`` Image) or a video after ``caption``, and its
+    caption-less twin that guidance mixes against."""
+    opener = [_special(wm, "<|video|>" if kind is Video else "<|image|>")]
+    return np.r_[_prompt(wm, [Text(caption)]), opener], np.array([_special(wm, "<|bos|>"), *opener])
+
+
+def drawing_budget(wm: WorldModel, kind: type, frames: int) -> dict:
+    """``generate`` arguments that make one image, or a video of ``frames`` frames, and stop there."""
+    video = kind is Video
+    return {
+        "max_new_tokens": frames * (wm.codec.frame_length + video) + 1,  # a video's frames each end in <|eof|>
+        "video_frames": frames if video else 0,
+        "stop": (_special(wm, "<|/video|>" if video else "<|/image|>"),),
+    }
 
 
 def _from_captions(
@@ -117,22 +134,18 @@ def _from_captions(
 ) -> np.ndarray:
     """An image (``kind`` Image, frames 1) or a video of ``frames`` frames per caption, guided
     against the caption-less prompt; (N, H, W, 3) or (N, T, H, W, 3) uint8."""
-    video = kind is Video
-    opener = [_special(wm, "<|video|>" if video else "<|image|>")]
-    uncond = np.array([_special(wm, "<|bos|>"), *opener])
     out = []
     for part in _batches(len(captions), batch_size):
-        prompts = [np.r_[_prompt(wm, [Text(c)]), opener] for c in captions[part]]
+        pairs = [drawing_prompts(wm, c, kind) for c in captions[part]]
+        prompts = [p for p, _ in pairs]
         gen = wm.engine.generate(
             prompts,
-            max_new_tokens=frames * (wm.codec.frame_length + video) + 1,  # a video's frames each end in <|eof|>
             sampling=sampling,
             guidance=guidance,
-            uncond_prompts=[uncond] * len(prompts),
-            video_frames=frames if video else 0,
-            stop=[_special(wm, "<|/video|>" if video else "<|/image|>")],
+            uncond_prompts=[u for _, u in pairs],
+            **drawing_budget(wm, kind, frames),
         )
-        out += [_decoded_media(wm, np.r_[p, t], kind) for p, t in zip(prompts, gen.tokens, strict=True)]
+        out += [decoded_media(wm, np.r_[p, t], kind) for p, t in zip(prompts, gen.tokens, strict=True)]
     return np.stack(out)
 
 
@@ -166,14 +179,18 @@ def generate_videos(
     return videos
 
 
+def answer_text(wm: WorldModel, prompt: np.ndarray, tokens: np.ndarray) -> str:
+    """The text the model wrote after ``prompt`` ("" if it began with anything but text)."""
+    segments = wm.codec.decode(np.r_[prompt, tokens], lenient=True).segments
+    texts = [s.text for s in segments if isinstance(s, Text)]
+    return texts[-1].strip() if texts and tokens.size and wm.codec.vocab.is_text(int(tokens[0])) else ""
+
+
 def _text_answers(wm: WorldModel, prompts: list[np.ndarray], max_new_tokens: int, batch_size: int) -> list[str]:
     out = []
     for part in _batches(len(prompts), batch_size):
         gen = wm.engine.generate(prompts[part], max_new_tokens=max_new_tokens)
-        for p, t in zip(prompts[part], gen.tokens, strict=True):
-            segments = wm.codec.decode(np.r_[p, t], lenient=True).segments
-            texts = [s.text for s in segments if isinstance(s, Text)]
-            out.append(texts[-1].strip() if texts and t.size and wm.codec.vocab.is_text(int(t[0])) else "")
+        out += [answer_text(wm, p, t) for p, t in zip(prompts[part], gen.tokens, strict=True)]
     return out
 
 
@@ -205,9 +222,12 @@ def answer_documents(
     wm: WorldModel, documents: Sequence[Document], *, max_new_tokens: int = 16, batch_size: int = 64
 ) -> list[str]:
     """The answer to each document, whose last segment is a question (text, images, videos before it)."""
-    sep = [_special(wm, "<|sep|>")]
-    prompts = [np.r_[_prompt(wm, doc), sep] for doc in documents]
-    return _text_answers(wm, prompts, max_new_tokens, batch_size)
+    return _text_answers(wm, [question_prompt(wm, doc) for doc in documents], max_new_tokens, batch_size)
+
+
+def question_prompt(wm: WorldModel, document: Document) -> np.ndarray:
+    """The prompt that asks for the answer to ``document``'s last segment (a question)."""
+    return np.r_[_prompt(wm, document), _special(wm, "<|sep|>")]
 
 
 def predict(
@@ -238,7 +258,7 @@ def predict(
                 stop=[_special(wm, "<|/video|>")],
             )
             out += [
-                _decoded_media(wm, np.r_[p, t], Video)[context.shape[1] :]
+                decoded_media(wm, np.r_[p, t], Video)[context.shape[1] :]
                 for p, t in zip(prompts, gen.tokens, strict=True)
             ]
         frames = np.concatenate([frames, np.stack(out)], axis=1)
@@ -276,6 +296,6 @@ def rollout(
                 video_actions=chunk[part].tolist(),
                 stop=[_special(wm, "<|/video|>")],
             )
-            out += [_decoded_media(wm, np.r_[p, t], Video)[1:] for p, t in zip(prompts, gen.tokens, strict=True)]
+            out += [decoded_media(wm, np.r_[p, t], Video)[1:] for p, t in zip(prompts, gen.tokens, strict=True)]
         made.append(np.stack(out))
     return np.concatenate(made[1:], axis=1)

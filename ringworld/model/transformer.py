@@ -155,13 +155,18 @@ class LayerCache:
 
     k: torch.Tensor  # (B, Hkv, S, hd)
     v: torch.Tensor
-    slots: torch.Tensor  # (T,) long: where this forward's tokens go
+    slots: torch.Tensor  # (T,) long: where this forward's tokens go, or (B, T): each row's own
     visible: torch.Tensor | None  # (B, 1, T, S') bool: what each new token attends to among slots 0..S'-1
 
     def write(self, k: torch.Tensor, v: torch.Tensor) -> None:
         """Store k, v (B, Hkv, T, hd) at ``slots``."""
-        self.k.index_copy_(2, self.slots, k.to(self.k.dtype))
-        self.v.index_copy_(2, self.slots, v.to(self.v.dtype))
+        if self.slots.dim() == 1:
+            self.k.index_copy_(2, self.slots, k.to(self.k.dtype))
+            self.v.index_copy_(2, self.slots, v.to(self.v.dtype))
+            return
+        rows = torch.arange(len(self.slots), device=self.slots.device)[:, None]  # (B, 1)
+        self.k[rows, :, self.slots] = k.transpose(1, 2).to(self.k.dtype)  # (B, T, Hkv, hd)
+        self.v[rows, :, self.slots] = v.transpose(1, 2).to(self.v.dtype)
 
     def seen(self) -> tuple[torch.Tensor, torch.Tensor]:
         """The keys and values of slots 0..S'-1, which ``visible`` ranges over."""
@@ -173,8 +178,9 @@ class LayerCache:
 class KVCache:
     """Preallocated keys and values of every layer, ``S`` slots per row.
 
-    Slots are shared by all rows, so rows of different prompt lengths are left-padded and their
-    padding slots are simply never visible. ``at(slots, visible)`` says where the next forward's
+    Slots are shared by all rows (rows of different prompt lengths are left-padded and their
+    padding slots are simply never visible), or given per row (continuous batching: every row at
+    its own length). ``at(slots, visible)`` says where the next forward's
     tokens go and what they see; the caller (``ringworld.infer.engine``) keeps that bookkeeping.
     ``visible=None`` is a prefill: the new tokens attend only to each other, under the forward's own
     causal and document masks (whichever kernel that picks, ring attention included), so no

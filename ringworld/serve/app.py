@@ -1,0 +1,312 @@
+"""The HTTP face of a world model: OpenAI's request and response shapes where one exists.
+
+    GET  /health                    {"status": "ok", ...}
+    GET  /v1/models                 the one model this server holds
+    POST /v1/chat/completions       text and image_url parts (PNG/JPEG/GIF data URIs; a GIF is a video):
+                                    a caption ("describe this", or no text), an answer about the
+                                    image or video, or an answer to plain text; ``stream`` as SSE
+    POST /v1/images/generations     prompt -> ``b64_json`` PNGs (``n``, ``seed``, ``size``, ``guidance``)
+
+Every request becomes one or more ``Request``s for the ``Worker``, which decodes them in one batch
+with everything else in flight. Bad input gets a 4xx with an OpenAI-style error body, never a 500.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import base64
+import io
+import json
+import time
+import uuid
+from dataclasses import dataclass, replace
+from typing import Literal
+
+import numpy as np
+from fastapi import FastAPI
+from fastapi import Request as HTTPRequest
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse, StreamingResponse
+from PIL import Image as PILImage
+from pydantic import BaseModel, Field
+
+from ringworld.documents import Image, Text, Video
+from ringworld.infer.batcher import Request
+from ringworld.infer.sampling import Sampling
+from ringworld.infer.tasks import (
+    DEFAULT_GUIDANCE,
+    DRAWING,
+    WorldModel,
+    answer_text,
+    decoded_media,
+    drawing_budget,
+    drawing_prompts,
+    question_prompt,
+)
+from ringworld.media import fit_square
+from ringworld.serve.worker import Busy, Worker
+from ringworld.world.captions import CAPTION_PROMPT
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_body_bytes: int = 8 << 20  # 413 above this
+    max_tokens: int = 256  # a chat's max_tokens above this: 400
+    max_images: int = 8  # n of an image request
+    max_frames: int = 16  # frames read from a GIF
+    timeout_s: float = 120.0  # a request still running after this: 504
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, kind: str = "invalid_request_error", param: str | None = None):
+        super().__init__(message)
+        self.status, self.message, self.kind, self.param = status, message, kind, param
+
+
+def _error(status: int, message: str, kind: str, param: str | None = None) -> JSONResponse:
+    return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": None}}, status)
+
+
+# request bodies -------------------------------------------------------------------------------
+class ImageURL(BaseModel):
+    url: str
+
+
+class Part(BaseModel):
+    type: Literal["text", "image_url"]
+    text: str | None = None
+    image_url: ImageURL | None = None
+
+
+class Message(BaseModel):
+    role: Literal["system", "user", "assistant"]
+    content: str | list[Part]
+
+
+class ChatBody(BaseModel):
+    model: str
+    messages: list[Message] = Field(min_length=1)
+    max_tokens: int | None = Field(default=None, ge=1)
+    max_completion_tokens: int | None = Field(default=None, ge=1)
+    temperature: float = Field(default=0.0, ge=0, le=2)
+    top_p: float = Field(default=1.0, gt=0, le=1)
+    seed: int | None = None
+    stop: str | list[str] | None = None
+    stream: bool = False
+
+
+class ImagesBody(BaseModel):
+    prompt: str = Field(min_length=1)
+    model: str | None = None
+    n: int = Field(default=1, ge=1)
+    size: str | None = None  # "WxH"; the model draws its own size, scaled up to this
+    seed: int | None = None
+    guidance: float = Field(default=DEFAULT_GUIDANCE, ge=0)  # not OpenAI's: classifier-free guidance scale
+    response_format: Literal["b64_json"] = "b64_json"
+
+
+# media in and out -----------------------------------------------------------------------------
+def read_data_uri(url: str, size: int, max_frames: int) -> np.ndarray:
+    """A PNG/JPEG (H, W, 3) or a GIF (T, H, W, 3), fitted to ``size``, from a data URI."""
+    if not url.startswith("data:") or ";base64," not in url:
+        raise ApiError(400, "image_url must be a data URI (data:image/png;base64,...)", param="image_url")
+    try:
+        with PILImage.open(io.BytesIO(base64.b64decode(url.split(";base64,", 1)[1], validate=True))) as picture:
+            frames = []
+            for i in range(min(getattr(picture, "n_frames", 1), max_frames)):
+                picture.seek(i)
+                frames.append(fit_square(np.asarray(picture.convert("RGB")), size))
+            animated = getattr(picture, "n_frames", 1) > 1
+    except (ValueError, OSError) as e:
+        raise ApiError(400, f"the image could not be decoded ({e}); send a PNG, JPEG or GIF", param="image_url") from e
+    return np.stack(frames) if animated else frames[0]
+
+
+def png_base64(frame: np.ndarray, scale: int) -> str:
+    buffer = io.BytesIO()
+    picture = PILImage.fromarray(frame)
+    if scale > 1:
+        picture = picture.resize((frame.shape[1] * scale, frame.shape[0] * scale), PILImage.NEAREST)
+    picture.save(buffer, format="PNG")
+    return base64.b64encode(buffer.getvalue()).decode()
+
+
+# the app --------------------------------------------------------------------------------------
+def make_app(wm: WorldModel, worker: Worker, *, name: str, limits: Limits = Limits()) -> FastAPI:
+    app = FastAPI(title="ringworld", description="a world model, served")
+    codec = wm.codec
+
+    @app.exception_handler(ApiError)
+    async def api_error(_, e: ApiError) -> JSONResponse:
+        return _error(e.status, e.message, e.kind, e.param)
+
+    @app.exception_handler(RequestValidationError)
+    async def invalid(_, e: RequestValidationError) -> JSONResponse:
+        first = e.errors()[0]
+        where = ".".join(str(p) for p in first["loc"] if p != "body")
+        return _error(422, f"{where}: {first['msg']}", "invalid_request_error", where or None)
+
+    @app.middleware("http")
+    async def bounded(request: HTTPRequest, call_next):
+        length = request.headers.get("content-length")
+        if length is not None and int(length) > limits.max_body_bytes:
+            return _error(
+                413, f"the body is {length} bytes; the limit is {limits.max_body_bytes}", "invalid_request_error"
+            )
+        started = time.perf_counter()
+        response = await call_next(request)
+        print(f"{request.method} {request.url.path} {response.status_code} {time.perf_counter() - started:.3f}s")
+        return response
+
+    def check_model(model: str | None) -> None:
+        if model is not None and model != name:
+            raise ApiError(400, f"the model {model!r} does not exist; this server holds {name!r}", param="model")
+
+    async def run(request: Request) -> list[int]:
+        async def collect() -> list[int]:
+            return [token async for token in worker.tokens(request)]
+
+        try:
+            return await asyncio.wait_for(collect(), limits.timeout_s)
+        except Busy as e:
+            raise ApiError(429, str(e), "rate_limit_error") from e
+        except ValueError as e:
+            raise ApiError(400, str(e)) from e
+        except asyncio.TimeoutError as e:
+            raise ApiError(504, f"the request took more than {limits.timeout_s:g} s; ask for less", "timeout") from e
+
+    @app.get("/health")
+    async def health() -> dict:
+        return {"status": "ok", "model": name, "in_flight": worker.held}
+
+    @app.get("/v1/models")
+    async def models() -> dict:
+        return {"object": "list", "data": [{"id": name, "object": "model", "created": 0, "owned_by": "ringworld"}]}
+
+    @app.post("/v1/chat/completions")
+    async def chat(body: ChatBody):
+        check_model(body.model)
+        prompt = chat_prompt(wm, body, limits)
+        budget = body.max_completion_tokens or body.max_tokens or 64
+        if budget > limits.max_tokens:
+            raise ApiError(
+                400, f"max_tokens is {budget}; this server makes at most {limits.max_tokens}", param="max_tokens"
+            )
+        stops = [body.stop] if isinstance(body.stop, str) else (body.stop or [])
+        sampling = Sampling(temperature=body.temperature, top_p=body.top_p, seed=body.seed or 0)
+        request = Request(prompt, max_new_tokens=budget, sampling=sampling)
+        try:
+            worker.batcher.check(request)  # before a stream starts: its status is still ours to set
+        except ValueError as e:
+            raise ApiError(400, str(e)) from e
+        rid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
+        if body.stream:
+            return StreamingResponse(stream_chat(request, prompt, stops, rid, created), media_type="text/event-stream")
+        tokens = np.array(await run(request), dtype=np.int64)
+        text, reason = finish(answer_text(wm, prompt, tokens), stops, tokens, request)
+        return {
+            "id": rid,
+            "object": "chat.completion",
+            "created": created,
+            "model": name,
+            "choices": [{"index": 0, "message": {"role": "assistant", "content": text}, "finish_reason": reason}],
+            "usage": {
+                "prompt_tokens": len(prompt),
+                "completion_tokens": len(tokens),
+                "total_tokens": len(prompt) + len(tokens),
+            },
+        }
+
+    async def stream_chat(request: Request, prompt: np.ndarray, stops: list[str], rid: str, created: int):
+        def chunk(delta: dict, reason: str | None = None) -> str:
+            choice = {"index": 0, "delta": delta, "finish_reason": reason}
+            body = {
+                "id": rid,
+                "object": "chat.completion.chunk",
+                "created": created,
+                "model": name,
+                "choices": [choice],
+            }
+            return f"data: {json.dumps(body)}\n\n"
+
+        yield chunk({"role": "assistant", "content": ""})
+        tokens: list[int] = []
+        sent, reason = "", "stop"
+        try:
+            async for token in worker.tokens(request):  # leaving this loop early cancels the request
+                tokens.append(token)
+                text, reason = finish(answer_text(wm, prompt, np.array(tokens)), stops, np.array(tokens), request)
+                if len(text) > len(sent) and text.startswith(sent):
+                    yield chunk({"content": text[len(sent) :]})
+                    sent = text
+                if reason == "stop" and any(s and s in answer_text(wm, prompt, np.array(tokens)) for s in stops):
+                    break
+        except Busy as e:
+            yield f"data: {json.dumps({'error': {'message': str(e), 'type': 'rate_limit_error'}})}\n\n"
+            return
+        yield chunk({}, reason)
+        yield "data: [DONE]\n\n"
+
+    def finish(text: str, stops: list[str], tokens: np.ndarray, request: Request) -> tuple[str, str]:
+        """The text cut at the first stop string, and OpenAI's finish_reason."""
+        for s in stops:
+            if s and s in text:
+                return text[: text.index(s)], "stop"
+        ran_out = len(tokens) >= request.max_new_tokens and int(tokens[-1]) != codec.vocab.special("<|eos|>")
+        return text, "length" if ran_out else "stop"
+
+    @app.post("/v1/images/generations")
+    async def images(body: ImagesBody) -> dict:
+        check_model(body.model)
+        if body.n > limits.max_images:
+            raise ApiError(400, f"n is {body.n}; this server draws at most {limits.max_images} at once", param="n")
+        scale = image_scale(body.size, wm.frame_size)
+        prompt, uncond = drawing_prompts(wm, body.prompt, Image)
+        seed = body.seed or 0
+        budget = drawing_budget(wm, Image, 1)
+        requests = [
+            Request(
+                prompt, sampling=replace(DRAWING, seed=seed + i), guidance=body.guidance, uncond_prompt=uncond, **budget
+            )
+            for i in range(body.n)
+        ]
+        made = await asyncio.gather(*(run(r) for r in requests))  # drawn in one batch
+        frames = [decoded_media(wm, np.r_[prompt, tokens], Image) for tokens in made]
+        return {"created": int(time.time()), "data": [{"b64_json": png_base64(f, scale)} for f in frames]}
+
+    return app
+
+
+def image_scale(size: str | None, frame: int) -> int:
+    """How much to scale the model's ``frame``-pixel images up to reach ``size`` ("WxH", square)."""
+    if size is None:
+        return 1
+    try:
+        w, h = (int(x) for x in size.lower().split("x"))
+    except ValueError:
+        raise ApiError(400, f"size looks like 256x256; got {size!r}", param="size") from None
+    if w != h or w % frame or w < frame:
+        raise ApiError(400, f"size must be a square multiple of the model's {frame}x{frame} frames", param="size")
+    return w // frame
+
+
+def chat_prompt(wm: WorldModel, body: ChatBody, limits: Limits) -> np.ndarray:
+    """The last user message as a prompt: media with no text (or "describe ...") is a caption;
+    media and text, a question about it; text alone, a question on its own."""
+    users = [m for m in body.messages if m.role == "user"]
+    if not users:
+        raise ApiError(400, "messages hold no user message", param="messages")
+    content = users[-1].content
+    parts = [Part(type="text", text=content)] if isinstance(content, str) else content
+    text = " ".join(p.text or "" for p in parts if p.type == "text").strip()
+    media = [read_data_uri(p.image_url.url, wm.frame_size, limits.max_frames) for p in parts if p.image_url is not None]
+    if len(media) > 1:
+        raise ApiError(400, "one image or video a message, please", param="messages")
+    if not media:
+        if not text:
+            raise ApiError(400, "the message is empty: send text, an image, or both", param="messages")
+        return question_prompt(wm, [Text(text)])
+    seen = Image(pixels=media[0]) if media[0].ndim == 3 else Video(pixels=media[0])
+    if not text or text.lower().startswith(("describe", "caption")):
+        return question_prompt(wm, [seen, Text(CAPTION_PROMPT)])
+    return question_prompt(wm, [seen, Text(text)])

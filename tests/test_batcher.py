@@ -1,0 +1,96 @@
+"""Continuous batching against the engine one request at a time: the same tokens, whatever runs beside."""
+
+import numpy as np
+import pytest
+import torch
+
+from ringworld.documents import Text
+from ringworld.infer.batcher import Batcher, Request
+from ringworld.infer.engine import Engine
+from ringworld.infer.sampling import Sampling
+from ringworld.model.transformer import ModelConfig, Transformer
+from ringworld.tokens.bundle import load_codec
+
+
+@pytest.fixture(scope="module")
+def codec(world_tokenizer_dir):
+    return load_codec(world_tokenizer_dir)
+
+
+@pytest.fixture(scope="module")
+def engine(codec):
+    torch.manual_seed(0)
+    cfg = ModelConfig(vocab_size=codec.vocab.size, dim=64, n_layers=2, n_heads=4, n_kv_heads=2, ffn_dim=128)
+    model = Transformer(cfg)
+    with torch.no_grad():  # sharper logits than at init: fewer near-ties for float rounding to flip
+        model.head.weight.mul_(8)
+    return Engine(model, codec)
+
+
+def _requests(codec) -> list[Request]:
+    v = codec.vocab
+    bos, image, video = v.special("<|bos|>"), v.special("<|image|>"), v.special("<|video|>")
+    caption = [*codec.encode([Text("a red circle in the top left")]).ids[:-1]]
+    other = [*codec.encode([Text("we see a green triangle near the center moving up")]).ids[:-1]]
+    stay = v.action_id("stay")
+    return [
+        Request(caption, max_new_tokens=12, stop=()),  # greedy text
+        Request([*caption, image], max_new_tokens=40, sampling=Sampling(temperature=1.0, seed=3)),
+        Request([*other, image], max_new_tokens=30, guidance=3.0, uncond_prompt=[bos, image]),  # guided
+        Request(other, max_new_tokens=9, sampling=Sampling(temperature=0.8, top_k=20, seed=7), stop=()),
+        Request([*caption, video], max_new_tokens=60, video_frames=2, video_actions=[stay]),
+        Request([bos], max_new_tokens=5, constrained=False, stop=()),
+    ]
+
+
+def _alone(engine: Engine, r: Request) -> np.ndarray:
+    return engine.generate(
+        [r.prompt],
+        max_new_tokens=r.max_new_tokens,
+        sampling=r.sampling,
+        stop=r.stop,
+        guidance=r.guidance,
+        uncond_prompts=None if r.uncond_prompt is None else [r.uncond_prompt],
+        constrained=r.constrained,
+        video_frames=r.video_frames,
+        video_actions=[list(r.video_actions)],
+    ).tokens[0]
+
+
+def test_requests_decoded_together_give_what_each_gives_alone(engine, codec):
+    requests = _requests(codec)
+    together = Batcher(engine, rows=8, length=256).run(requests)
+    for r, tokens in zip(requests, together, strict=True):
+        np.testing.assert_array_equal(tokens, _alone(engine, r))
+
+
+def test_requests_join_and_leave_a_running_batch(engine, codec):
+    """Too few rows for all at once: later requests wait, then take the rows of finished ones."""
+    requests = _requests(codec)
+    batcher = Batcher(engine, rows=3, length=256)
+    rids = [batcher.submit(r) for r in requests[:2]]
+    made: dict[int, list[int]] = {}
+    steps = 0
+    while batcher.busy:
+        if steps == 4:  # these join mid-run
+            rids += [batcher.submit(r) for r in requests[2:]]
+        for event in batcher.step():
+            made.setdefault(event.request, []).append(event.token)
+        assert sum(len(run.rows) for run in batcher.running.values()) <= 3
+        steps += 1
+    for rid, r in zip(rids, requests, strict=True):
+        np.testing.assert_array_equal(made[rid], _alone(engine, r))
+    assert sorted(batcher.free) == [0, 1, 2]
+
+
+def test_cancel_frees_rows_and_bad_requests_are_refused(engine, codec):
+    batcher = Batcher(engine, rows=2, length=64)
+    r = _requests(codec)[0]
+    rid = batcher.submit(r)
+    batcher.step()
+    batcher.cancel(rid)
+    assert not batcher.busy and sorted(batcher.free) == [0, 1]
+    with pytest.raises(ValueError, match="exceeds the 64-token context"):
+        batcher.submit(Request(r.prompt, max_new_tokens=60))
+    with pytest.raises(ValueError, match="empty"):
+        batcher.submit(Request([], max_new_tokens=3))

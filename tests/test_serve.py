@@ -1,0 +1,191 @@
+"""The server as its users meet it: the official `openai` client against a live server on a free
+local port, many clients at once, and every kind of bad request."""
+
+import base64
+import io
+import json
+import socket
+import threading
+import time
+import urllib.error
+import urllib.request
+from concurrent.futures import ThreadPoolExecutor
+
+import numpy as np
+import pytest
+import uvicorn
+from PIL import Image as PILImage
+
+from ringworld.infer.batcher import Batcher
+from ringworld.infer.tasks import load_world_model
+from ringworld.serve.app import Limits, make_app
+from ringworld.serve.worker import Worker
+from ringworld.world.sim import random_state, render
+
+openai = pytest.importorskip("openai", reason="the openai client is a dev extra: pip install -e .[dev]")
+pytestmark = pytest.mark.slow
+
+
+def _free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class _Server:
+    """A ringworld app on a free local port, in a thread of this process."""
+
+    def __init__(self, wm, *, max_requests: int = 64, limits: Limits = Limits()) -> None:
+        self.worker = Worker(
+            Batcher(wm.engine, rows=8, length=wm.engine.model.cfg.max_seq_len), max_requests=max_requests
+        )
+        app = make_app(wm, self.worker, name="tiny", limits=limits)
+        self.port = _free_port()
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        while not self.server.started:
+            time.sleep(0.05)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def close(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+        self.worker.close()
+
+
+@pytest.fixture(scope="module")
+def wm(tiny_run):
+    return load_world_model(tiny_run)
+
+
+@pytest.fixture(scope="module")
+def server(wm):
+    s = _Server(wm)
+    yield s
+    s.close()
+
+
+@pytest.fixture(scope="module")
+def client(server):
+    return openai.OpenAI(base_url=server.url + "/v1", api_key="unused", max_retries=0)
+
+
+def _data_uri(frame: np.ndarray) -> str:
+    buffer = io.BytesIO()
+    PILImage.fromarray(frame).save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def _frame(seed: int = 0) -> np.ndarray:
+    return render(random_state(np.random.default_rng(seed)))
+
+
+def test_models_health_chat_and_images_through_the_openai_client(client, server, wm):
+    assert [m.id for m in client.models.list().data] == ["tiny"]
+    assert json.loads(urllib.request.urlopen(server.url + "/health").read())["status"] == "ok"
+    reply = client.chat.completions.create(
+        model="tiny", messages=[{"role": "user", "content": "what is red?"}], max_tokens=8
+    )
+    assert reply.choices[0].message.role == "assistant" and reply.choices[0].finish_reason in ("stop", "length")
+    assert 1 <= reply.usage.completion_tokens <= 8
+    image = [{"type": "image_url", "image_url": {"url": _data_uri(_frame())}}]
+    caption = client.chat.completions.create(model="tiny", messages=[{"role": "user", "content": image}], max_tokens=16)
+    assert isinstance(caption.choices[0].message.content, str)
+    drawn = client.images.generate(model="tiny", prompt="a red circle in the top left", n=2, size="64x64")
+    pictures = [np.asarray(PILImage.open(io.BytesIO(base64.b64decode(d.b64_json)))) for d in drawn.data]
+    assert len(pictures) == 2 and all(p.shape == (64, 64, 3) for p in pictures)
+
+
+def test_streaming_sends_the_same_text_as_one_reply(client):
+    messages = [{"role": "user", "content": "where is the blue square?"}]
+    whole = client.chat.completions.create(model="tiny", messages=messages, max_tokens=12).choices[0]
+    chunks = list(client.chat.completions.create(model="tiny", messages=messages, max_tokens=12, stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == whole.message.content
+    assert chunks[-1].choices[0].finish_reason == whole.finish_reason
+
+
+def test_concurrent_requests_give_what_each_gives_alone(client, server):
+    asks = [
+        {"messages": [{"role": "user", "content": f"what colour is shape {i}?"}], "max_tokens": 6 + i} for i in range(6)
+    ] + [
+        {"messages": [{"role": "user", "content": "say something"}], "max_tokens": 10, "temperature": 1.0, "seed": s}
+        for s in (1, 2)
+    ]
+
+    def ask(kwargs: dict) -> str:
+        return client.chat.completions.create(model="tiny", **kwargs).choices[0].message.content
+
+    alone = [ask(k) for k in asks]
+    server.worker.batcher.peak = 0  # (only read by the model's thread between requests)
+    with ThreadPoolExecutor(len(asks)) as pool:
+        together = list(pool.map(ask, asks))
+    assert together == alone
+    assert server.worker.batcher.peak >= 2, "the requests never shared a forward"
+
+
+def _post(url: str, body: bytes, content_type: str = "application/json") -> tuple[int, dict]:
+    request = urllib.request.Request(url, data=body, headers={"Content-Type": content_type}, method="POST")
+    try:
+        with urllib.request.urlopen(request) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as e:
+        return e.code, json.loads(e.read())
+
+
+@pytest.mark.parametrize(
+    "path, body, status, says",
+    [
+        (
+            "chat/completions",
+            {"model": "other", "messages": [{"role": "user", "content": "hi"}]},
+            400,
+            "does not exist",
+        ),
+        ("chat/completions", {"model": "tiny"}, 422, "messages"),
+        (
+            "chat/completions",
+            {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 10**6},
+            400,
+            "max_tokens",
+        ),
+        (
+            "chat/completions",
+            {
+                "model": "tiny",
+                "messages": [
+                    {
+                        "role": "user",
+                        "content": [{"type": "image_url", "image_url": {"url": "data:image/png;base64,aGVsbG8="}}],
+                    }
+                ],
+            },
+            400,
+            "could not be decoded",
+        ),
+        ("chat/completions", {"model": "tiny", "messages": [{"role": "user", "content": ""}]}, 400, "empty"),
+        ("images/generations", {"prompt": "a red circle", "n": 100}, 400, "at most"),
+        ("images/generations", {"prompt": "a red circle", "size": "100x50"}, 400, "square"),
+        ("images/generations", {}, 422, "prompt"),
+    ],
+)
+def test_bad_requests_get_their_status_and_an_openai_error(server, path, body, status, says):
+    code, reply = _post(f"{server.url}/v1/{path}", json.dumps(body).encode())
+    assert code == status and says in reply["error"]["message"], reply
+    assert {"message", "type"} <= set(reply["error"])
+    code, _ = _post(f"{server.url}/v1/chat/completions", b"{not json")
+    assert code == 422
+
+
+def test_a_full_server_says_429_and_a_huge_body_413(wm):
+    full = _Server(wm, max_requests=0, limits=Limits(max_body_bytes=1000))
+    try:
+        code, reply = _post(
+            full.url + "/v1/chat/completions",
+            json.dumps({"model": "tiny", "messages": [{"role": "user", "content": "hi"}]}).encode(),
+        )
+        assert code == 429 and reply["error"]["type"] == "rate_limit_error"
+        code, reply = _post(full.url + "/v1/chat/completions", b"x" * 5000)
+        assert code == 413 and "limit" in reply["error"]["message"]
+    finally:
+        full.close()
