@@ -62,10 +62,8 @@ class Event:
 class _Running:
     request: Request
     rows: list[int]  # its cache rows: [cond] or [cond, uncond]
-    grammar: SpanGrammar | None
-    generator: torch.Generator
-    stop: torch.Tensor  # (k,) ids
-    logits: torch.Tensor | None = None  # (len(rows), V) for its next token
+    generator: torch.Generator | None  # None: greedy
+    stop: set[int]
     made: list[int] = field(default_factory=list)
 
 
@@ -78,6 +76,11 @@ class Batcher:
         self.rows = rows
         self.cache = KVCache.allocate(self.model.cfg, rows, self.length, device=engine.device, dtype=engine.dtype)
         self.at = torch.zeros(rows, dtype=torch.long, device=engine.device)  # (rows,) each row's next slot
+        self.logits = torch.zeros(rows, self.model.cfg.vocab_size, device=engine.device)  # each row's next-token logits
+        self.grammar = SpanGrammar(self.codec, engine.device)  # one state per row
+        pad = self.codec.vocab.special("<|pad|>")
+        none = torch.full((rows, 1), pad, device=engine.device)
+        self.grammar.start(none, torch.zeros(rows, dtype=torch.long, device=engine.device), none[:, :0])
         self.free = list(range(rows))
         self.waiting: deque[tuple[int, Request]] = deque()
         self.running: dict[int, _Running] = {}
@@ -121,9 +124,15 @@ class Batcher:
     def step(self) -> list[Event]:
         """Admit what fits, pick one token for every running request, and run them through the model."""
         self._admit()
+        if not self.running:
+            return []
+        rids = list(self.running)
+        tokens = self._pick([self.running[rid] for rid in rids]).tolist()
         events = []
-        for rid, run in list(self.running.items()):
-            token, finished = self._pick(run)
+        for rid, token in zip(rids, tokens, strict=True):
+            run = self.running[rid]
+            run.made.append(token)
+            finished = token in run.stop or len(run.made) == run.request.max_new_tokens
             events.append(Event(rid, token, finished))
             if finished:
                 self.free += self.running.pop(rid).rows
@@ -142,48 +151,82 @@ class Batcher:
 
     # internals -------------------------------------------------------------------------------
     def _admit(self) -> None:
+        """Take waiting requests while their rows are free, and prefill all their prompts at once."""
+        admitted = []
         while self.waiting:
             rid, request = self.waiting[0]
             need = 2 if request.guided else 1
             if len(self.free) < need:
-                return
+                break
             self.waiting.popleft()
-            rows = sorted(self.free)[:need]  # the lowest rows: the batch's forward covers rows 0..max
-            self.free = [r for r in self.free if r not in rows]
-            prompts = [request.prompt, request.uncond_prompt] if request.guided else [request.prompt]
-            logits = torch.cat([self._prefill(row, prompt) for row, prompt in zip(rows, prompts, strict=True)])
-            grammar = None
-            if request.constrained:
-                grammar = SpanGrammar(self.codec, self.engine.device)
-                frames = torch.tensor([request.video_frames], device=self.engine.device)
-                actions = pad_actions([request.video_actions], 1, self.engine.device)
-                grammar.start(torch.as_tensor([list(request.prompt)], device=self.engine.device), frames, actions)
-            stop = torch.tensor(request.stop if request.stop is not None else [self.eos], device=self.engine.device)
-            generator = torch.Generator(self.engine.device).manual_seed(request.sampling.seed)
-            self.running[rid] = _Running(request, rows, grammar, generator, stop, logits)
+            self.free.sort()
+            rows, self.free = self.free[:need], self.free[need:]  # the lowest: a forward covers rows 0..max
+            admitted.append((rid, request, rows))
+        if not admitted:
+            return
+        rows = [row for _, _, rs in admitted for row in rs]
+        prompts = [p for _, r, _ in admitted for p in ([r.prompt, r.uncond_prompt] if r.guided else [r.prompt])]
+        self.logits[rows] = self._prefill(rows, prompts)
+        device = self.engine.device
+        constrained = [(r, rs[0]) for _, r, rs in admitted if r.constrained]
+        if constrained:  # the grammar's state at the end of each prompt, in one pass for all
+            width = max(len(r.prompt) for r, _ in constrained)
+            padded = torch.full((len(constrained), width), self.codec.vocab.special("<|pad|>"), dtype=torch.long)
+            for i, (r, _) in enumerate(constrained):
+                padded[i, width - len(r.prompt) :] = torch.as_tensor(list(r.prompt))
+            frames = torch.tensor([r.video_frames for r, _ in constrained], device=device)
+            actions = pad_actions([r.video_actions for r, _ in constrained], len(constrained), device)
+            where = torch.tensor([row for _, row in constrained], device=device)
+            self.grammar.restart(where, padded.to(device), frames, actions)
+        for rid, request, rs in admitted:
+            stop = set(request.stop if request.stop is not None else [self.eos])
+            greedy = request.sampling.temperature == 0
+            generator = None if greedy else torch.Generator(device).manual_seed(request.sampling.seed)
+            self.running[rid] = _Running(request, rs, generator, stop)
 
-    def _prefill(self, row: int, prompt: Sequence[int]) -> torch.Tensor:
-        """Prompt through the model alone, its keys and values into ``row``: (1, V) last logits."""
-        ids = torch.as_tensor([list(prompt)], device=self.engine.device)  # (1, L)
-        view = KVCache([k[row : row + 1] for k in self.cache.k], [v[row : row + 1] for v in self.cache.v])
-        logits = self.engine.prefill(self.model, ids, None, torch.arange(ids.size(1), device=ids.device)[None], view)
-        self.at[row] = ids.size(1)
-        return logits
+    def _prefill(self, rows: list[int], prompts: list[Sequence[int]]) -> torch.Tensor:
+        """Every prompt through the model in one forward, right-padded (causal attention: a token
+        never sees the padding after it); their keys and values into ``rows``: (R, V) last logits."""
+        lengths = torch.tensor([len(p) for p in prompts], device=self.engine.device)
+        R, L = len(prompts), int(lengths.max())
+        ids = torch.full((R, L), self.codec.vocab.special("<|pad|>"), dtype=torch.long)
+        for r, prompt in enumerate(prompts):
+            ids[r, : len(prompt)] = torch.as_tensor(list(prompt))
+        slots = torch.arange(L, device=self.engine.device)
+        fresh = KVCache.allocate(self.model.cfg, R, L, device=self.engine.device, dtype=self.engine.dtype)
+        logits = self.model(ids.to(self.engine.device), positions=slots[None], cache=fresh.at(slots, None))
+        index = torch.tensor(rows, device=self.engine.device)
+        for mine, theirs in zip(self.cache.k + self.cache.v, fresh.k + fresh.v, strict=True):
+            mine[index, :, :L] = theirs  # past a row's prompt: slots its decoding overwrites before it sees them
+        self.at[index] = lengths
+        return logits[torch.arange(R), lengths - 1].float()
 
-    def _pick(self, run: _Running) -> tuple[int, bool]:
-        """The request's next token from its pending logits; whether it is done."""
-        request, logits = run.request, run.logits
+    def _pick(self, runs: list[_Running]) -> torch.Tensor:
+        """The next token of every running request (k,), as ``Engine.generate`` picks it: the logit
+        bias, then guidance, then the grammar's mask, then greedy or the request's own sampling."""
+        device = self.engine.device
+        cond = torch.tensor([run.rows[0] for run in runs], device=device)
+        logits = self.logits[cond]  # (k, V)
         if self.engine.logit_bias is not None:
             logits = logits + self.engine.logit_bias
-        logits = guide(logits[:1], logits[1:], request.guidance) if request.guided else logits
-        if run.grammar is not None:
-            logits = logits.masked_fill(~run.grammar.allowed(), float("-inf"))
-        token = sample(logits, request.sampling, run.generator)  # (1,)
-        run.made.append(int(token))
-        if run.grammar is not None:
-            run.grammar.advance(token)
-        finished = bool(torch.isin(token, run.stop)) or len(run.made) == request.max_new_tokens
-        return int(token), finished
+        guided = [i for i, run in enumerate(runs) if run.request.guided]
+        if guided:
+            uncond = self.logits[[runs[i].rows[1] for i in guided]]
+            if self.engine.logit_bias is not None:
+                uncond = uncond + self.engine.logit_bias
+            scale = torch.tensor([runs[i].request.guidance for i in guided], device=device)[:, None]
+            logits[guided] = guide(logits[guided], uncond, scale)
+        constrained = torch.tensor([run.request.constrained for run in runs], device=device)
+        allowed = self.grammar.allowed()[cond] | ~constrained[:, None]
+        logits = logits.masked_fill(~allowed, float("-inf"))
+        tokens = logits.argmax(-1)  # (k,)
+        for i, run in enumerate(runs):
+            if run.generator is not None:
+                tokens[i] = sample(logits[i : i + 1], run.request.sampling, run.generator)[0]
+        fed = torch.full((len(self.at),), self.codec.vocab.special("<|pad|>"), device=device)
+        fed[cond] = tokens
+        self.grammar.advance(fed)  # <|pad|> leaves the other rows as they are
+        return tokens
 
     def _decode(self) -> None:
         """One token per running request's rows, in one forward over rows 0..max in use."""
@@ -199,8 +242,6 @@ class Batcher:
         visible = (slot[None] <= at[:, None])[:, None, None, :]  # (n, 1, 1, width)
         view = KVCache([k[:n] for k in self.cache.k], [v[:n] for v in self.cache.v])
         logits = self.model(tokens[:, None], positions=at[:, None], cache=view.at(at[:, None], visible))
-        logits = logits[:, -1].float()  # (n, V)
-        for run in self.running.values():
-            run.logits = logits[run.rows]
+        self.logits[:n] = logits[:, -1].float()
         for run in self.running.values():
             self.at[run.rows] += 1

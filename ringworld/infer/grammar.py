@@ -8,6 +8,7 @@ constrained span decodes. The state is kept as tensors on the device: no host sy
 from __future__ import annotations
 
 import torch
+import torch.nn.functional as F
 
 from ringworld.tokens.codec import Codec
 
@@ -58,6 +59,22 @@ class SpanGrammar:
         self.video_frames, self.video_actions = video_frames, video_actions
         for column in prompts.T:  # the state at the end of each prompt
             self.advance(column)
+
+    STATE = ("span", "pos", "frames", "prev", "done", "video_frames", "video_actions")
+
+    def restart(
+        self, rows: torch.Tensor, prompts: torch.Tensor, video_frames: torch.Tensor, video_actions: torch.Tensor
+    ):
+        """``start`` for ``rows`` (k,) only (continuous batching: a request takes rows of its own);
+        the other rows keep their state. Arguments as ``start``'s, k rows each."""
+        fresh = SpanGrammar.__new__(SpanGrammar)
+        fresh.__dict__.update(self.__dict__)
+        fresh.start(prompts, video_frames, video_actions)
+        width = max(self.video_actions.size(1), video_actions.size(1))
+        self.video_actions = F.pad(self.video_actions, (0, width - self.video_actions.size(1)), value=-1)
+        fresh.video_actions = F.pad(fresh.video_actions, (0, width - fresh.video_actions.size(1)), value=-1)
+        for name in self.STATE:
+            getattr(self, name)[rows] = getattr(fresh, name)
 
     def advance(self, tokens: torch.Tensor) -> None:
         """Move every row's state past ``tokens`` (B,); <|pad|> leaves a state as it is."""

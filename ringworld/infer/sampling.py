@@ -48,7 +48,7 @@ def sample(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator 
     return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
 
 
-def guide(cond: torch.Tensor, uncond: torch.Tensor, scale: float) -> torch.Tensor:
+def guide(cond: torch.Tensor, uncond: torch.Tensor, scale: float | torch.Tensor) -> torch.Tensor:
     """Classifier-free guidance: ``uncond + scale * (cond - uncond)`` (scale 1 = cond alone).
     Masked ids (-inf in both) stay -inf."""
     mixed = uncond + scale * (cond - uncond)

@@ -272,7 +272,11 @@ def make_app(wm: WorldModel, worker: Worker, *, name: str, limits: Limits = Limi
         ]
         made = await asyncio.gather(*(run(r) for r in requests))  # drawn in one batch
         frames = [decoded_media(wm, np.r_[prompt, tokens], Image) for tokens in made]
-        return {"created": int(time.time()), "data": [{"b64_json": png_base64(f, scale)} for f in frames]}
+        made_tokens = sum(len(tokens) for tokens in made)
+        usage = {"input_tokens": len(prompt) * body.n, "output_tokens": made_tokens}
+        usage["total_tokens"] = usage["input_tokens"] + made_tokens
+        data = [{"b64_json": png_base64(f, scale)} for f in frames]
+        return {"created": int(time.time()), "data": data, "usage": usage}
 
     return app
 

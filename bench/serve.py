@@ -1,0 +1,178 @@
+"""Serving throughput: `ringworld serve` under 1, 8 and 32 concurrent clients, against the same
+requests sent one at a time, then a sustained load.
+
+    python bench/serve.py --checkpoint runs/demo/model                 # the table
+    python bench/serve.py --checkpoint runs/demo/model --json serve.json --load-seconds 60
+
+The server runs as a user runs it (`ringworld serve`, a process of its own on a free local port);
+the clients are threads of this process, each with the official `openai` client, sending a mix of
+requests: a question about a world image, a caption of one, a text question, and a drawn image
+(guided, 2 cache rows). With C clients, each sends its share of the same request list back to back;
+one at a time is C = 1. Tokens are completion tokens as the server reports them (``usage``).
+Latency is per request, from sending to the whole reply.
+
+The load test keeps 32 clients busy for ``--load-seconds`` and counts replies by HTTP status;
+`--json FILE` writes ``concurrency32_speedup`` (tokens/s at 32 clients / one at a time),
+``errors_5xx`` and the per-concurrency rows.
+"""
+
+from __future__ import annotations
+
+import argparse
+import base64
+import io
+import json
+import socket
+import statistics
+import subprocess
+import sys
+import time
+import urllib.request
+from collections import Counter
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import numpy as np
+from PIL import Image as PILImage
+
+from ringworld.world.sim import random_state, render
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+def data_uri(seed: int) -> str:
+    buffer = io.BytesIO()
+    PILImage.fromarray(render(random_state(np.random.default_rng(seed)))).save(buffer, format="PNG")
+    return "data:image/png;base64," + base64.b64encode(buffer.getvalue()).decode()
+
+
+def workload(n: int) -> list[tuple[str, dict]]:
+    """``n`` requests: (kind, arguments of the openai call), the same list every run."""
+    out = []
+    for i in range(n):
+        image = [{"type": "image_url", "image_url": {"url": data_uri(i)}}]
+        kind = ("ask", "caption", "text", "draw")[i % 4]
+        if kind == "ask":
+            content = [*image, {"type": "text", "text": "what colour is the square?"}]
+        elif kind == "caption":
+            content = image
+        elif kind == "text":
+            content = "where is the red circle?"
+        if kind == "draw":
+            out.append(
+                (kind, {"prompt": f"a blue square near the {('top', 'bottom')[i % 2]} left", "extra_body": {"seed": i}})
+            )
+        else:
+            out.append((kind, {"messages": [{"role": "user", "content": content}], "max_tokens": 32}))
+    return out
+
+
+def send(client, kind: str, args: dict) -> tuple[int, float, int]:
+    """(completion tokens, seconds, HTTP status) of one request."""
+    import openai
+
+    start = time.perf_counter()
+    try:
+        if kind == "draw":
+            tokens = client.images.generate(model="ringworld", **args).usage.output_tokens
+        else:
+            tokens = client.chat.completions.create(model="ringworld", **args).usage.completion_tokens
+        return tokens, time.perf_counter() - start, 200
+    except openai.APIStatusError as e:
+        return 0, time.perf_counter() - start, e.status_code
+
+
+def measure(client, requests: list[tuple[str, dict]], clients: int) -> dict:
+    start = time.perf_counter()
+    with ThreadPoolExecutor(clients) as pool:
+        results = list(pool.map(lambda r: send(client, *r), requests))
+    seconds = time.perf_counter() - start
+    latencies = sorted(s for _, s, _ in results)
+    return {
+        "clients": clients,
+        "requests": len(requests),
+        "seconds": seconds,
+        "requests_per_s": len(requests) / seconds,
+        "tokens_per_s": sum(t for t, _, _ in results) / seconds,
+        "p50_ms": 1e3 * statistics.median(latencies),
+        "p99_ms": 1e3 * latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))],
+        "errors": dict(Counter(code for _, _, code in results if code != 200)),
+    }
+
+
+def load(client, seconds: float, clients: int) -> Counter:
+    """Every client sends requests back to back for ``seconds``; replies counted by status."""
+    statuses: Counter = Counter()
+    deadline = time.perf_counter() + seconds
+    requests = workload(64)
+
+    def one_client(k: int) -> None:
+        i = k
+        while time.perf_counter() < deadline:
+            statuses[send(client, *requests[i % len(requests)])[2]] += 1
+            i += clients
+
+    with ThreadPoolExecutor(clients) as pool:
+        list(pool.map(one_client, range(clients)))
+    return statuses
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--checkpoint", type=Path, default=Path("runs/demo/model"), help="the run to serve")
+    parser.add_argument("--requests", type=int, default=64, help="requests per concurrency level")
+    parser.add_argument("--load-seconds", type=float, default=60.0, help="the sustained load test (0: skip)")
+    parser.add_argument("--rows", type=int, default=32, help="the server's --rows")
+    parser.add_argument("--json", type=Path, help="write the figures here")
+    args = parser.parse_args()
+    import openai
+
+    port = free_port()
+    command = [sys.executable, "-m", "ringworld", "serve", "--checkpoint", str(args.checkpoint), "--port", str(port)]
+    command += ["--rows", str(args.rows), "--max-requests", "256"]
+    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    try:
+        url = f"http://127.0.0.1:{port}"
+        for _ in range(600):
+            try:
+                urllib.request.urlopen(url + "/health", timeout=1)
+                break
+            except OSError:
+                if server.poll() is not None:
+                    sys.exit(f"the server did not start:\n{server.stderr.read()}")
+                time.sleep(0.2)
+        client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=600)
+        requests = workload(args.requests)
+        measure(client, requests[:8], 8)  # warm up
+        rows = [measure(client, requests, c) for c in (1, 8, 32)]
+        mix = "ask, caption, text, draw in turn"
+        print(f"\n{args.checkpoint}, {args.requests} requests ({mix}), server --rows {args.rows}\n")
+        print("| clients | requests/s | tokens/s | p50 ms | p99 ms | errors | ÷ one at a time (tokens/s) |")
+        print("|---|---|---|---|---|---|---|")
+        for r in rows:
+            speedup = r["tokens_per_s"] / rows[0]["tokens_per_s"]
+            print(
+                f"| {r['clients']} | {r['requests_per_s']:.2f} | {r['tokens_per_s']:,.0f} | {r['p50_ms']:,.0f} | "
+                f"{r['p99_ms']:,.0f} | {r['errors'] or 0} | {speedup:.2f}x |"
+            )
+        result = {"rows": rows, "concurrency32_speedup": rows[2]["tokens_per_s"] / rows[0]["tokens_per_s"]}
+        if args.load_seconds > 0:
+            statuses = load(client, args.load_seconds, 32)
+            result["load"] = {"seconds": args.load_seconds, "clients": 32, "statuses": dict(statuses)}
+            result["errors_5xx"] = sum(n for code, n in statuses.items() if code >= 500)
+            print(f"\nload: 32 clients for {args.load_seconds:g} s: replies by status {dict(statuses)}")
+        errors = result.get("errors_5xx", "-")
+        print(f"\nconcurrency32_speedup {result['concurrency32_speedup']:.2f}  errors_5xx {errors}")
+        if args.json:
+            args.json.write_text(json.dumps(result, indent=2) + "\n")
+    finally:
+        server.terminate()
+        server.wait(timeout=30)
+
+
+if __name__ == "__main__":
+    main()
