@@ -17,10 +17,12 @@ import uvicorn
 from PIL import Image as PILImage
 
 from ringworld.infer.batcher import Batcher
-from ringworld.infer.tasks import load_world_model
+from ringworld.infer.tasks import load_world_model, rollout
+from ringworld.media import read_video, write_gif
 from ringworld.serve.app import Limits, make_app
 from ringworld.serve.worker import Worker
 from ringworld.world.sim import random_state, render
+from ringworld.world.sim import rollout as rollout_states
 
 openai = pytest.importorskip("openai", reason="the openai client is a dev extra: pip install -e .[dev]")
 pytestmark = pytest.mark.slow
@@ -95,6 +97,43 @@ def test_models_health_chat_and_images_through_the_openai_client(client, server,
     drawn = client.images.generate(model="tiny", prompt="a red circle in the top left", n=2, size="64x64")
     pictures = [np.asarray(PILImage.open(io.BytesIO(base64.b64decode(d.b64_json)))) for d in drawn.data]
     assert len(pictures) == 2 and all(p.shape == (64, 64, 3) for p in pictures)
+
+
+def _gif_uri(frames: np.ndarray, tmp_path) -> str:
+    write_gif(tmp_path / "clip.gif", frames)
+    return "data:image/gif;base64," + base64.b64encode((tmp_path / "clip.gif").read_bytes()).decode()
+
+
+# the client marks its video methods deprecated (OpenAI's Sora API); the shape is still what it sends
+@pytest.mark.filterwarnings("ignore:The Sora API:DeprecationWarning")
+def test_videos_through_the_openai_client(client, tmp_path):
+    made = client.videos.create(model="tiny", prompt="a blue square moving right", extra_body={"frames": 3, "seed": 1})
+    assert made.status == "completed" and client.videos.retrieve(made.id).id == made.id
+    (tmp_path / "video.gif").write_bytes(client.videos.download_content(made.id).read())
+    assert read_video(tmp_path / "video.gif").shape == (3, 32, 32, 3)
+
+
+def test_world_rollout_plays_actions_or_predicts_steps(server, wm, tmp_path):
+    clip = render(rollout_states(random_state(np.random.default_rng(2), agent=True), 1))  # 2 frames
+    body = {"frames": [_gif_uri(clip, tmp_path)], "actions": ["right", "up", "stay"]}
+    code, reply = _post(f"{server.url}/v1/world/rollout", json.dumps(body).encode())
+    assert code == 200 and len(reply["frames"]) == 3
+    (tmp_path / "whole.gif").write_bytes(base64.b64decode(reply["video"]))
+    whole = read_video(tmp_path / "whole.gif")
+    assert whole.shape == (2 + 3, 32, 32, 3) and np.array_equal(whole[:2], clip)
+    expected = rollout(wm, clip[-1:], [["right", "up", "stay"]])[0]  # what the library plays, alone
+    drawn = [np.asarray(PILImage.open(io.BytesIO(base64.b64decode(f)))) for f in reply["frames"]]
+    assert np.array_equal(np.stack(drawn), expected)
+    pngs = {"frames": [_data_uri(f) for f in clip], "steps": 2}
+    code, reply = _post(f"{server.url}/v1/world/rollout", json.dumps(pngs).encode())
+    assert code == 200 and len(reply["frames"]) == 2
+    for bad, says in [
+        ({"actions": ["jump"]}, "unknown action"),
+        ({}, "one of the two"),
+        ({"steps": 10**4}, "frames asked"),
+    ]:
+        code, reply = _post(f"{server.url}/v1/world/rollout", json.dumps({"frames": pngs["frames"], **bad}).encode())
+        assert code == 400 and says in reply["error"]["message"]
 
 
 def test_streaming_sends_the_same_text_as_one_reply(client):

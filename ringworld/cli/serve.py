@@ -16,8 +16,9 @@ def add_parsers(commands) -> None:
         "serve",
         help="serve a world model over HTTP (OpenAI-compatible)",
         description="Serve a checkpoint: GET /health and /v1/models, POST /v1/chat/completions (captions, "
-        "questions about an image or a GIF, text; stream: true for server-sent events) and "
-        "/v1/images/generations. Requests from every client are decoded together in one batch "
+        "questions about an image or a GIF, text; stream: true for server-sent events), "
+        "/v1/images/generations, /v1/videos (then GET /v1/videos/ID/content) and /v1/world/rollout (frames "
+        "and actions or steps in, predicted frames out). Requests from every client are decoded together in one batch "
         "(continuous batching): each joins the running batch when it arrives and leaves when it is done. "
         "Binds to 127.0.0.1 unless --host says otherwise.",
     )

@@ -57,6 +57,11 @@ class WorldModel:
     def frame_size(self) -> int:
         return self.engine.codec.vision.frame_size
 
+    def generate(self, prompts: Sequence[np.ndarray], **kwargs) -> list[np.ndarray]:
+        """Each prompt's new tokens (``Engine.generate``'s arguments). The one place the tasks below
+        run the model: a server replaces it to send them through its shared batch."""
+        return self.engine.generate(prompts, **kwargs).tokens
+
 
 def load_world_model(
     run: str | Path,
@@ -138,14 +143,14 @@ def _from_captions(
     for part in _batches(len(captions), batch_size):
         pairs = [drawing_prompts(wm, c, kind) for c in captions[part]]
         prompts = [p for p, _ in pairs]
-        gen = wm.engine.generate(
+        made = wm.generate(
             prompts,
             sampling=sampling,
             guidance=guidance,
             uncond_prompts=[u for _, u in pairs],
             **drawing_budget(wm, kind, frames),
         )
-        out += [decoded_media(wm, np.r_[p, t], kind) for p, t in zip(prompts, gen.tokens, strict=True)]
+        out += [decoded_media(wm, np.r_[p, t], kind) for p, t in zip(prompts, made, strict=True)]
     return np.stack(out)
 
 
@@ -189,8 +194,8 @@ def answer_text(wm: WorldModel, prompt: np.ndarray, tokens: np.ndarray) -> str:
 def _text_answers(wm: WorldModel, prompts: list[np.ndarray], max_new_tokens: int, batch_size: int) -> list[str]:
     out = []
     for part in _batches(len(prompts), batch_size):
-        gen = wm.engine.generate(prompts[part], max_new_tokens=max_new_tokens)
-        out += [answer_text(wm, p, t) for p, t in zip(prompts[part], gen.tokens, strict=True)]
+        made = wm.generate(prompts[part], max_new_tokens=max_new_tokens)
+        out += [answer_text(wm, p, t) for p, t in zip(prompts[part], made, strict=True)]
     return out
 
 
@@ -250,7 +255,7 @@ def predict(
         for part in _batches(len(clips), batch_size):
             # a video's ids end <|/video|> <|eos|>: cut both to leave it open after its last <|eof|>
             prompts = [_prompt(wm, [Video(pixels=clip)], drop=2) for clip in context[part]]
-            gen = wm.engine.generate(
+            tokens = wm.generate(
                 prompts,
                 max_new_tokens=n * (wm.codec.frame_length + 1) + 1,
                 sampling=sampling,
@@ -258,8 +263,7 @@ def predict(
                 stop=[_special(wm, "<|/video|>")],
             )
             out += [
-                decoded_media(wm, np.r_[p, t], Video)[context.shape[1] :]
-                for p, t in zip(prompts, gen.tokens, strict=True)
+                decoded_media(wm, np.r_[p, t], Video)[context.shape[1] :] for p, t in zip(prompts, tokens, strict=True)
             ]
         frames = np.concatenate([frames, np.stack(out)], axis=1)
     return frames[:, clips.shape[1] :]
@@ -288,7 +292,7 @@ def rollout(
         out = []
         for part in _batches(len(frames), batch_size):
             prompts = [_prompt(wm, [Video(pixels=frame[None])], drop=2) for frame in made[-1][part, -1]]
-            gen = wm.engine.generate(
+            tokens = wm.generate(
                 prompts,
                 max_new_tokens=chunk.shape[1] * (wm.codec.frame_length + 2) + 1,
                 sampling=sampling,
@@ -296,6 +300,6 @@ def rollout(
                 video_actions=chunk[part].tolist(),
                 stop=[_special(wm, "<|/video|>")],
             )
-            out += [decoded_media(wm, np.r_[p, t], Video)[1:] for p, t in zip(prompts, gen.tokens, strict=True)]
+            out += [decoded_media(wm, np.r_[p, t], Video)[1:] for p, t in zip(prompts, tokens, strict=True)]
         made.append(np.stack(out))
     return np.concatenate(made[1:], axis=1)

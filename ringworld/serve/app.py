@@ -6,6 +6,13 @@
                                     a caption ("describe this", or no text), an answer about the
                                     image or video, or an answer to plain text; ``stream`` as SSE
     POST /v1/images/generations     prompt -> ``b64_json`` PNGs (``n``, ``seed``, ``size``, ``guidance``)
+    POST /v1/videos                 prompt -> a video (GIF or MP4). OpenAI's shape (JSON or multipart), but
+                                    made before the reply: its status is "completed" at once. ``frames``,
+                                    ``fps``, ``format``, ``seed`` and ``guidance`` are ours; ``seconds``
+                                    x ``fps`` gives the frames when ``frames`` is not given
+    GET  /v1/videos/{id}[/content]  the video object; its file (the last 64 are kept)
+    POST /v1/world/rollout          frames (data URIs: a GIF, or PNGs) and ``actions`` or ``steps`` ->
+                                    the predicted frames (PNGs) and the whole clip (GIF): ringworld's own
 
 Every request becomes one or more ``Request``s for the ``Worker``, which decodes them in one batch
 with everything else in flight. Bad input gets a 4xx with an OpenAI-style error body, never a 500.
@@ -17,20 +24,23 @@ import asyncio
 import base64
 import io
 import json
+import tempfile
 import time
 import uuid
+from collections import OrderedDict
 from dataclasses import dataclass, replace
+from pathlib import Path
 from typing import Literal
 
 import numpy as np
 from fastapi import FastAPI
 from fastapi import Request as HTTPRequest
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, StreamingResponse
+from fastapi.responses import JSONResponse, Response, StreamingResponse
 from PIL import Image as PILImage
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, ValidationError
 
-from ringworld.documents import Image, Text, Video
+from ringworld.documents import ACTIONS, Image, Text, Video
 from ringworld.infer.batcher import Request
 from ringworld.infer.sampling import Sampling
 from ringworld.infer.tasks import (
@@ -41,10 +51,13 @@ from ringworld.infer.tasks import (
     decoded_media,
     drawing_budget,
     drawing_prompts,
+    generate_videos,
+    predict,
     question_prompt,
+    rollout,
 )
-from ringworld.media import fit_square
-from ringworld.serve.worker import Busy, Worker
+from ringworld.media import fit_square, write_video
+from ringworld.serve.worker import Busy, Worker, served
 from ringworld.world.captions import CAPTION_PROMPT
 
 
@@ -55,6 +68,7 @@ class Limits:
     max_images: int = 8  # n of an image request
     max_frames: int = 16  # frames read from a GIF
     timeout_s: float = 120.0  # a request still running after this: 504
+    kept_videos: int = 64  # videos kept for GET /v1/videos/{id}/content
 
 
 class ApiError(Exception):
@@ -95,6 +109,25 @@ class ChatBody(BaseModel):
     stream: bool = False
 
 
+class VideoBody(BaseModel):
+    prompt: str = Field(min_length=1)
+    model: str | None = None
+    seconds: float | None = Field(default=None, gt=0)
+    size: str | None = None
+    frames: int | None = Field(default=None, ge=1)  # not OpenAI's: frames to make
+    fps: float = Field(default=4.0, gt=0, le=60)
+    format: Literal["gif", "mp4"] = "gif"
+    seed: int | None = None
+    guidance: float = Field(default=DEFAULT_GUIDANCE, ge=0)
+
+
+class RolloutBody(BaseModel):
+    frames: list[str] = Field(min_length=1)  # data URIs: one GIF, or PNG/JPEG frames in order
+    actions: list[str] | None = None  # the agent's moves from the last frame, one frame each
+    steps: int | None = Field(default=None, ge=1)  # without actions: frames to predict
+    fps: float = Field(default=4.0, gt=0, le=60)
+
+
 class ImagesBody(BaseModel):
     prompt: str = Field(min_length=1)
     model: str | None = None
@@ -122,6 +155,14 @@ def read_data_uri(url: str, size: int, max_frames: int) -> np.ndarray:
     return np.stack(frames) if animated else frames[0]
 
 
+def video_bytes(frames: np.ndarray, fmt: str, fps: float, scale: int = 1) -> bytes:
+    """(T, H, W, 3) uint8 as a GIF or an MP4 file's bytes."""
+    with tempfile.TemporaryDirectory() as tmp:
+        path = Path(tmp) / f"video.{fmt}"
+        write_video(path, frames, scale=scale, fps=fps)
+        return path.read_bytes()
+
+
 def png_base64(frame: np.ndarray, scale: int) -> str:
     buffer = io.BytesIO()
     picture = PILImage.fromarray(frame)
@@ -135,6 +176,8 @@ def png_base64(frame: np.ndarray, scale: int) -> str:
 def make_app(wm: WorldModel, worker: Worker, *, name: str, limits: Limits = Limits()) -> FastAPI:
     app = FastAPI(title="ringworld", description="a world model, served")
     codec = wm.codec
+    tasks_wm = served(wm, worker, limits.timeout_s)  # the multi-step tasks, through the shared batch
+    videos: OrderedDict[str, tuple[dict, bytes, str]] = OrderedDict()  # the last few made
 
     @app.exception_handler(ApiError)
     async def api_error(_, e: ApiError) -> JSONResponse:
@@ -277,6 +320,87 @@ def make_app(wm: WorldModel, worker: Worker, *, name: str, limits: Limits = Limi
         usage["total_tokens"] = usage["input_tokens"] + made_tokens
         data = [{"b64_json": png_base64(f, scale)} for f in frames]
         return {"created": int(time.time()), "data": data, "usage": usage}
+
+    async def in_thread(task, *args, **kwargs):
+        """A multi-step task (``ringworld.infer.tasks``) on a thread of its own, through the batch."""
+        try:
+            return await asyncio.to_thread(task, *args, **kwargs)
+        except Busy as e:
+            raise ApiError(429, str(e), "rate_limit_error") from e
+        except TimeoutError as e:
+            raise ApiError(504, f"{e}; ask for less", "timeout") from e
+        except ValueError as e:
+            raise ApiError(400, str(e)) from e
+
+    @app.post("/v1/videos")
+    async def create_video(request: HTTPRequest) -> dict:
+        form = request.headers.get("content-type", "").startswith("multipart/")
+        try:
+            raw = dict(await request.form()) if form else await request.json()
+            body = VideoBody(**raw)
+        except ValidationError as e:
+            raise RequestValidationError(e.errors()) from e
+        except ValueError as e:
+            raise ApiError(400, f"the body is neither JSON nor a form ({e})") from e
+        check_model(body.model)
+        frames = body.frames or (round(body.seconds * body.fps) if body.seconds else wm.video_frames)
+        if frames > limits.max_frames:
+            raise ApiError(400, f"{frames} frames asked; this server makes at most {limits.max_frames}", param="frames")
+        scale = image_scale(body.size, wm.frame_size)
+        sampling = replace(DRAWING, seed=body.seed or 0)
+        clip = await in_thread(
+            generate_videos, tasks_wm, [body.prompt], frames, guidance=body.guidance, sampling=sampling
+        )
+        data = video_bytes(clip[0], body.format, body.fps, scale)
+        vid, now = f"video_{uuid.uuid4().hex[:24]}", int(time.time())
+        side = wm.frame_size * scale
+        meta = {"id": vid, "object": "video", "model": name, "status": "completed", "progress": 100}
+        meta |= {"created_at": now, "completed_at": now, "prompt": body.prompt, "size": f"{side}x{side}"}
+        meta |= {"seconds": f"{frames / body.fps:g}", "frames": frames, "fps": body.fps, "format": body.format}
+        videos[vid] = (meta, data, "image/gif" if body.format == "gif" else "video/mp4")
+        while len(videos) > limits.kept_videos:
+            videos.popitem(last=False)
+        return meta
+
+    def video(vid: str) -> tuple[dict, bytes, str]:
+        if vid not in videos:
+            raise ApiError(404, f"no video {vid!r} here (the last {limits.kept_videos} are kept)", param="video_id")
+        return videos[vid]
+
+    @app.get("/v1/videos/{vid}")
+    async def get_video(vid: str) -> dict:
+        return video(vid)[0]
+
+    @app.get("/v1/videos/{vid}/content")
+    async def video_content(vid: str, variant: str = "video") -> Response:
+        if variant != "video":
+            raise ApiError(400, f"variant {variant!r}: only the video itself is kept", param="variant")
+        _, data, mime = video(vid)
+        return Response(data, media_type=mime)
+
+    @app.post("/v1/world/rollout")
+    async def world_rollout(body: RolloutBody) -> dict:
+        if (body.actions is None) == (body.steps is None):
+            raise ApiError(400, "give actions (the agent's moves) or steps (frames to predict), one of the two")
+        ahead = len(body.actions) if body.actions is not None else body.steps
+        if not 1 <= ahead <= limits.max_frames:
+            raise ApiError(400, f"{ahead} frames asked; this server predicts 1 to {limits.max_frames}", param="steps")
+        unknown = sorted(set(body.actions or []) - set(ACTIONS))
+        if unknown:
+            raise ApiError(400, f"unknown action(s) {unknown}; actions are {', '.join(ACTIONS)}", param="actions")
+        seen = [read_data_uri(url, wm.frame_size, limits.max_frames) for url in body.frames]
+        clip = np.concatenate([f[None] if f.ndim == 3 else f for f in seen])[-limits.max_frames :]  # (T, H, W, 3)
+        if body.actions is not None:
+            future = (await in_thread(rollout, tasks_wm, clip[-1:], [body.actions]))[0]
+        else:
+            future = (await in_thread(predict, tasks_wm, clip[None], body.steps))[0]
+        whole = video_bytes(np.concatenate([clip, future]), "gif", body.fps)
+        return {
+            "object": "world.rollout",
+            "model": name,
+            "frames": [png_base64(f, 1) for f in future],
+            "video": base64.b64encode(whole).decode(),  # the clip given, then the prediction (GIF)
+        }
 
     return app
 
