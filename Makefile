@@ -4,7 +4,7 @@ VENV ?= .venv
 PYTHON ?= python3
 BIN := $(VENV)/bin
 
-.PHONY: demo test lint clean
+.PHONY: demo test lint clean browser
 
 # torch first, pinned: pip takes the local CPU build where there is one, and a range that
 # 2.13.0 satisfies then pulls in nothing more (no GPU wheels on a CPU machine).
@@ -17,7 +17,16 @@ $(VENV)/.installed: pyproject.toml
 demo: $(VENV)/.installed
 	$(BIN)/ringworld demo --out runs/demo
 
-test: $(VENV)/.installed
+# The web page's test drives Debian's headless Chromium: installed here where it is missing (as root,
+# or with sudo); where it cannot be, that test is skipped and says why.
+SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo -n)
+browser:
+	@command -v chromium >/dev/null && command -v chromedriver >/dev/null || \
+	{ command -v apt-get >/dev/null && $(SUDO) apt-get update -qq && \
+	  DEBIAN_FRONTEND=noninteractive $(SUDO) apt-get install -y -qq chromium chromium-driver >/dev/null; } || \
+	echo "note: could not install chromium: the web page's test will be skipped"
+
+test: $(VENV)/.installed browser
 	$(BIN)/lint-imports
 	$(BIN)/python -m pytest -q
 

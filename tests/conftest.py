@@ -1,3 +1,6 @@
+import socket
+import threading
+import time
 from pathlib import Path
 
 import pytest
@@ -43,3 +46,46 @@ def tiny_run(world_tokenizer_dir, tmp_path_factory: pytest.TempPathFactory) -> P
     )
     train(cfg, progress=False)
     return out
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class LiveServer:
+    """``ringworld serve``'s app for ``wm`` on a free local port, in a thread of this process."""
+
+    def __init__(self, wm, *, max_requests: int = 64, limits=None) -> None:
+        import uvicorn
+
+        from ringworld.infer.batcher import Batcher
+        from ringworld.serve.app import Limits, make_app
+        from ringworld.serve.worker import Worker
+
+        self.wm = wm
+        self.worker = Worker(Batcher(wm.engine, rows=8), max_requests=max_requests)
+        app = make_app(wm, self.worker, name="tiny", limits=limits or Limits())
+        self.port = free_port()
+        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        while not self.server.started:
+            time.sleep(0.05)
+        self.url = f"http://127.0.0.1:{self.port}"
+
+    def close(self) -> None:
+        self.server.should_exit = True
+        self.thread.join(timeout=10)
+        self.worker.close()
+
+
+@pytest.fixture(scope="module")
+def server(tiny_run):
+    """A live server of the tiny run, for the tests of one module."""
+    from ringworld.infer.tasks import load_world_model
+
+    live = LiveServer(load_world_model(tiny_run))
+    yield live
+    live.close()

@@ -4,23 +4,18 @@ local port, many clients at once, and every kind of bad request."""
 import base64
 import io
 import json
-import socket
-import threading
-import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
 
 import numpy as np
 import pytest
-import uvicorn
+from conftest import LiveServer
 from PIL import Image as PILImage
 
-from ringworld.infer.batcher import Batcher
-from ringworld.infer.tasks import load_world_model, rollout
+from ringworld.infer.tasks import rollout
 from ringworld.media import read_video, write_gif
-from ringworld.serve.app import Limits, make_app
-from ringworld.serve.worker import Worker
+from ringworld.serve.app import Limits
 from ringworld.world.sim import random_state, render
 from ringworld.world.sim import rollout as rollout_states
 
@@ -28,44 +23,9 @@ openai = pytest.importorskip("openai", reason="the openai client is a dev extra:
 pytestmark = pytest.mark.slow
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class _Server:
-    """A ringworld app on a free local port, in a thread of this process."""
-
-    def __init__(self, wm, *, max_requests: int = 64, limits: Limits = Limits()) -> None:
-        self.worker = Worker(
-            Batcher(wm.engine, rows=8, length=wm.engine.model.cfg.max_seq_len), max_requests=max_requests
-        )
-        app = make_app(wm, self.worker, name="tiny", limits=limits)
-        self.port = _free_port()
-        self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        while not self.server.started:
-            time.sleep(0.05)
-        self.url = f"http://127.0.0.1:{self.port}"
-
-    def close(self) -> None:
-        self.server.should_exit = True
-        self.thread.join(timeout=10)
-        self.worker.close()
-
-
 @pytest.fixture(scope="module")
-def wm(tiny_run):
-    return load_world_model(tiny_run)
-
-
-@pytest.fixture(scope="module")
-def server(wm):
-    s = _Server(wm)
-    yield s
-    s.close()
+def wm(server):
+    return server.wm
 
 
 @pytest.fixture(scope="module")
@@ -217,7 +177,7 @@ def test_bad_requests_get_their_status_and_an_openai_error(server, path, body, s
 
 
 def test_a_full_server_says_429_and_a_huge_body_413(wm):
-    full = _Server(wm, max_requests=0, limits=Limits(max_body_bytes=1000))
+    full = LiveServer(wm, max_requests=0, limits=Limits(max_body_bytes=1000))
     try:
         code, reply = _post(
             full.url + "/v1/chat/completions",

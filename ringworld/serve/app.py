@@ -1,5 +1,6 @@
 """The HTTP face of a world model: OpenAI's request and response shapes where one exists.
 
+    GET  /                          a web page that calls the API below (page.html)
     GET  /health                    {"status": "ok", ...}
     GET  /v1/models                 the one model this server holds
     POST /v1/chat/completions       text and image_url parts (PNG/JPEG/GIF data URIs; a GIF is a video):
@@ -22,29 +23,24 @@ from __future__ import annotations
 
 import asyncio
 import base64
-import io
 import json
-import tempfile
 import time
 import uuid
 from collections import OrderedDict
 from dataclasses import dataclass, replace
 from pathlib import Path
-from typing import Literal
 
 import numpy as np
 from fastapi import FastAPI
 from fastapi import Request as HTTPRequest
 from fastapi.exceptions import RequestValidationError
-from fastapi.responses import JSONResponse, Response, StreamingResponse
-from PIL import Image as PILImage
-from pydantic import BaseModel, Field, ValidationError
+from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
+from pydantic import ValidationError
 
 from ringworld.documents import ACTIONS, Image, Text, Video
 from ringworld.infer.batcher import Request
 from ringworld.infer.sampling import Sampling
 from ringworld.infer.tasks import (
-    DEFAULT_GUIDANCE,
     DRAWING,
     WorldModel,
     answer_text,
@@ -56,9 +52,22 @@ from ringworld.infer.tasks import (
     question_prompt,
     rollout,
 )
-from ringworld.media import fit_square, write_video
+from ringworld.serve.protocol import (
+    ApiError,
+    ChatBody,
+    ImagesBody,
+    Part,
+    RolloutBody,
+    VideoBody,
+    error_body,
+    png_base64,
+    read_data_uri,
+    video_bytes,
+)
 from ringworld.serve.worker import Busy, Worker, served
 from ringworld.world.captions import CAPTION_PROMPT
+
+PAGE = (Path(__file__).parent / "page.html").read_text()
 
 
 @dataclass(frozen=True)
@@ -71,107 +80,6 @@ class Limits:
     kept_videos: int = 64  # videos kept for GET /v1/videos/{id}/content
 
 
-class ApiError(Exception):
-    def __init__(self, status: int, message: str, kind: str = "invalid_request_error", param: str | None = None):
-        super().__init__(message)
-        self.status, self.message, self.kind, self.param = status, message, kind, param
-
-
-def _error(status: int, message: str, kind: str, param: str | None = None) -> JSONResponse:
-    return JSONResponse({"error": {"message": message, "type": kind, "param": param, "code": None}}, status)
-
-
-# request bodies -------------------------------------------------------------------------------
-class ImageURL(BaseModel):
-    url: str
-
-
-class Part(BaseModel):
-    type: Literal["text", "image_url"]
-    text: str | None = None
-    image_url: ImageURL | None = None
-
-
-class Message(BaseModel):
-    role: Literal["system", "user", "assistant"]
-    content: str | list[Part]
-
-
-class ChatBody(BaseModel):
-    model: str
-    messages: list[Message] = Field(min_length=1)
-    max_tokens: int | None = Field(default=None, ge=1)
-    max_completion_tokens: int | None = Field(default=None, ge=1)
-    temperature: float = Field(default=0.0, ge=0, le=2)
-    top_p: float = Field(default=1.0, gt=0, le=1)
-    seed: int | None = None
-    stop: str | list[str] | None = None
-    stream: bool = False
-
-
-class VideoBody(BaseModel):
-    prompt: str = Field(min_length=1)
-    model: str | None = None
-    seconds: float | None = Field(default=None, gt=0)
-    size: str | None = None
-    frames: int | None = Field(default=None, ge=1)  # not OpenAI's: frames to make
-    fps: float = Field(default=4.0, gt=0, le=60)
-    format: Literal["gif", "mp4"] = "gif"
-    seed: int | None = None
-    guidance: float = Field(default=DEFAULT_GUIDANCE, ge=0)
-
-
-class RolloutBody(BaseModel):
-    frames: list[str] = Field(min_length=1)  # data URIs: one GIF, or PNG/JPEG frames in order
-    actions: list[str] | None = None  # the agent's moves from the last frame, one frame each
-    steps: int | None = Field(default=None, ge=1)  # without actions: frames to predict
-    fps: float = Field(default=4.0, gt=0, le=60)
-
-
-class ImagesBody(BaseModel):
-    prompt: str = Field(min_length=1)
-    model: str | None = None
-    n: int = Field(default=1, ge=1)
-    size: str | None = None  # "WxH"; the model draws its own size, scaled up to this
-    seed: int | None = None
-    guidance: float = Field(default=DEFAULT_GUIDANCE, ge=0)  # not OpenAI's: classifier-free guidance scale
-    response_format: Literal["b64_json"] = "b64_json"
-
-
-# media in and out -----------------------------------------------------------------------------
-def read_data_uri(url: str, size: int, max_frames: int) -> np.ndarray:
-    """A PNG/JPEG (H, W, 3) or a GIF (T, H, W, 3), fitted to ``size``, from a data URI."""
-    if not url.startswith("data:") or ";base64," not in url:
-        raise ApiError(400, "image_url must be a data URI (data:image/png;base64,...)", param="image_url")
-    try:
-        with PILImage.open(io.BytesIO(base64.b64decode(url.split(";base64,", 1)[1], validate=True))) as picture:
-            frames = []
-            for i in range(min(getattr(picture, "n_frames", 1), max_frames)):
-                picture.seek(i)
-                frames.append(fit_square(np.asarray(picture.convert("RGB")), size))
-            animated = getattr(picture, "n_frames", 1) > 1
-    except (ValueError, OSError) as e:
-        raise ApiError(400, f"the image could not be decoded ({e}); send a PNG, JPEG or GIF", param="image_url") from e
-    return np.stack(frames) if animated else frames[0]
-
-
-def video_bytes(frames: np.ndarray, fmt: str, fps: float, scale: int = 1) -> bytes:
-    """(T, H, W, 3) uint8 as a GIF or an MP4 file's bytes."""
-    with tempfile.TemporaryDirectory() as tmp:
-        path = Path(tmp) / f"video.{fmt}"
-        write_video(path, frames, scale=scale, fps=fps)
-        return path.read_bytes()
-
-
-def png_base64(frame: np.ndarray, scale: int) -> str:
-    buffer = io.BytesIO()
-    picture = PILImage.fromarray(frame)
-    if scale > 1:
-        picture = picture.resize((frame.shape[1] * scale, frame.shape[0] * scale), PILImage.NEAREST)
-    picture.save(buffer, format="PNG")
-    return base64.b64encode(buffer.getvalue()).decode()
-
-
 # the app --------------------------------------------------------------------------------------
 def make_app(wm: WorldModel, worker: Worker, *, name: str, limits: Limits = Limits()) -> FastAPI:
     app = FastAPI(title="ringworld", description="a world model, served")
@@ -180,20 +88,20 @@ def make_app(wm: WorldModel, worker: Worker, *, name: str, limits: Limits = Limi
     videos: OrderedDict[str, tuple[dict, bytes, str]] = OrderedDict()  # the last few made
 
     @app.exception_handler(ApiError)
-    async def api_error(_, e: ApiError) -> JSONResponse:
-        return _error(e.status, e.message, e.kind, e.param)
+    async def apierror_body(_, e: ApiError) -> JSONResponse:
+        return error_body(e.status, e.message, e.kind, e.param)
 
     @app.exception_handler(RequestValidationError)
     async def invalid(_, e: RequestValidationError) -> JSONResponse:
         first = e.errors()[0]
         where = ".".join(str(p) for p in first["loc"] if p != "body")
-        return _error(422, f"{where}: {first['msg']}", "invalid_request_error", where or None)
+        return error_body(422, f"{where}: {first['msg']}", "invalid_request_error", where or None)
 
     @app.middleware("http")
     async def bounded(request: HTTPRequest, call_next):
         length = request.headers.get("content-length")
         if length is not None and int(length) > limits.max_body_bytes:
-            return _error(
+            return error_body(
                 413, f"the body is {length} bytes; the limit is {limits.max_body_bytes}", "invalid_request_error"
             )
         started = time.perf_counter()
@@ -217,6 +125,10 @@ def make_app(wm: WorldModel, worker: Worker, *, name: str, limits: Limits = Limi
             raise ApiError(400, str(e)) from e
         except asyncio.TimeoutError as e:
             raise ApiError(504, f"the request took more than {limits.timeout_s:g} s; ask for less", "timeout") from e
+
+    @app.get("/", response_class=HTMLResponse)
+    async def page() -> str:
+        return PAGE.replace('"MODEL"', json.dumps(name))
 
     @app.get("/health")
     async def health() -> dict:
