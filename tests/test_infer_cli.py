@@ -2,6 +2,7 @@
 
 import json
 import re
+import shutil
 
 import numpy as np
 import pytest
@@ -73,6 +74,24 @@ def test_bad_inputs_get_clear_errors(run, tmp_path, capsys):
     assert "neither a checkpoint" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["predict", str(junk), "--actions", "jump", "--checkpoint", str(run), "--out", "x.gif"])
+
+
+def test_a_broken_checkpoint_or_an_empty_prompt_is_one_line_not_a_traceback(run, tmp_path, capsys):
+    broken = tmp_path / "broken"
+    shutil.copytree(run, broken)
+    weights = next(broken.glob("checkpoints/step_*/model.safetensors"))
+    weights.write_bytes(weights.read_bytes()[:1000])  # a save cut short
+    image = tmp_path / "x.png"
+    write_image(image, np.zeros((FRAME, FRAME, 3), dtype=np.uint8))
+    for argv in (["caption", str(image)], ["serve"], ["eval", "world"]):
+        assert main([*argv, "--checkpoint", str(broken)]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("ringworld: error:") and "truncated" in err and len(err.splitlines()) == 1, err
+    weights.unlink()
+    assert main(["caption", str(image), "--checkpoint", str(broken)]) == 2
+    assert "is missing" in capsys.readouterr().err
+    assert main(["generate", "image", "  ", "--checkpoint", str(run), "--out", str(tmp_path / "y.png")]) == 2
+    assert "the prompt is empty" in capsys.readouterr().err
 
 
 def test_eval_writes_every_metric_and_a_report(run, tmp_path, capsys):

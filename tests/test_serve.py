@@ -4,6 +4,9 @@ local port, many clients at once, and every kind of bad request."""
 import base64
 import io
 import json
+import socket
+import threading
+import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
@@ -174,6 +177,47 @@ def test_bad_requests_get_their_status_and_an_openai_error(server, path, body, s
     assert {"message", "type"} <= set(reply["error"])
     code, _ = _post(f"{server.url}/v1/chat/completions", b"{not json")
     assert code == 422
+
+
+def test_a_request_past_its_time_gets_504_and_leaves_the_batch(wm):
+    slow = LiveServer(wm, limits=Limits(timeout_s=0.001))
+    try:
+        body = {"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 200}
+        code, reply = _post(slow.url + "/v1/chat/completions", json.dumps(body).encode())
+        assert code == 504 and reply["error"]["type"] == "timeout"
+        for _ in range(100):  # the cancel reaches the model's thread within a step
+            if slow.worker.held == 0 and not slow.worker.batcher.running:
+                break
+            time.sleep(0.05)
+        assert slow.worker.held == 0 and not slow.worker.batcher.running
+    finally:
+        slow.close()
+
+
+def test_a_client_that_goes_away_frees_its_rows(wm):
+    live = LiveServer(wm)
+    batcher, gate, cancelled = live.worker.batcher, threading.Event(), []
+    step, put = batcher.step, live.worker.inbox.put
+    batcher.step = lambda: gate.wait() and step()  # the model's thread waits here until the client is gone
+    live.worker.inbox.put = lambda item: (item[0] == "cancel" and cancelled.append(item)) or put(item)
+    try:
+        body = json.dumps({"model": "tiny", "messages": [{"role": "user", "content": "hi"}], "max_tokens": 200})
+        with socket.create_connection(("127.0.0.1", live.port)) as conn:
+            head = "POST /v1/chat/completions HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+            conn.sendall((head + f"Content-Length: {len(body)}\r\n\r\n{body}").encode())
+            while live.worker.held == 0:
+                time.sleep(0.01)
+        time.sleep(1.5)  # the server looks every 0.5 s
+        assert cancelled  # before the model made a single token
+        gate.set()
+        for _ in range(100):
+            if live.worker.held == 0:
+                break
+            time.sleep(0.05)
+        assert live.worker.held == 0 and not batcher.running
+    finally:
+        gate.set()
+        live.close()
 
 
 def test_a_full_server_says_429_and_a_huge_body_413(wm):

@@ -113,6 +113,8 @@ def decoded_media(wm: WorldModel, ids: np.ndarray, kind: type) -> np.ndarray:
 def drawing_prompts(wm: WorldModel, caption: str, kind: type) -> tuple[np.ndarray, np.ndarray]:
     """The prompt that opens an image (``kind`` Image) or a video after ``caption``, and its
     caption-less twin that guidance mixes against."""
+    if not caption.strip():
+        raise ValueError('the prompt is empty: give a caption, e.g. "a red circle in the top left"')
     opener = [_special(wm, "<|video|>" if kind is Video else "<|image|>")]
     return np.r_[_prompt(wm, [Text(caption)]), opener], np.array([_special(wm, "<|bos|>"), *opener])
 
@@ -216,6 +218,8 @@ def answer(
     """The answer to each question about an image (H, W, 3) or a video (T, H, W, 3)."""
     if len(media) != len(questions):
         raise ValueError(f"{len(media)} images/videos but {len(questions)} questions")
+    if not all(q.strip() for q in questions):
+        raise ValueError('a question is empty: ask something, e.g. "what colour is the square?"')
     documents = [
         [Image(pixels=seen) if seen.ndim == 3 else Video(pixels=seen), Text(q)]
         for seen, q in zip(media, questions, strict=True)

@@ -80,6 +80,31 @@ class Limits:
     kept_videos: int = 64  # videos kept for GET /v1/videos/{id}/content
 
 
+class Bounded:
+    """ASGI middleware: a 413 for a body over the limit (before it is read), and one log line per
+    request. (Plain ASGI, not BaseHTTPMiddleware, so handlers still see a client disconnect.)"""
+
+    def __init__(self, app, max_body_bytes: int) -> None:
+        self.app, self.max_body_bytes = app, max_body_bytes
+
+    async def __call__(self, scope, receive, send) -> None:
+        if scope["type"] != "http":
+            return await self.app(scope, receive, send)
+        length = int(dict(scope["headers"]).get(b"content-length", 0))
+        if length > self.max_body_bytes:
+            message = f"the body is {length} bytes; the limit is {self.max_body_bytes}"
+            return await error_body(413, message, "invalid_request_error")(scope, receive, send)
+        status, started = [0], time.perf_counter()
+
+        async def sending(message) -> None:
+            if message["type"] == "http.response.start":
+                status[0] = message["status"]
+            await send(message)
+
+        await self.app(scope, receive, sending)
+        print(f"{scope['method']} {scope['path']} {status[0]} {time.perf_counter() - started:.3f}s", flush=True)
+
+
 # the app --------------------------------------------------------------------------------------
 def make_app(wm: WorldModel, worker: Worker, *, name: str, limits: Limits = Limits()) -> FastAPI:
     app = FastAPI(title="ringworld", description="a world model, served")
@@ -97,28 +122,25 @@ def make_app(wm: WorldModel, worker: Worker, *, name: str, limits: Limits = Limi
         where = ".".join(str(p) for p in first["loc"] if p != "body")
         return error_body(422, f"{where}: {first['msg']}", "invalid_request_error", where or None)
 
-    @app.middleware("http")
-    async def bounded(request: HTTPRequest, call_next):
-        length = request.headers.get("content-length")
-        if length is not None and int(length) > limits.max_body_bytes:
-            return error_body(
-                413, f"the body is {length} bytes; the limit is {limits.max_body_bytes}", "invalid_request_error"
-            )
-        started = time.perf_counter()
-        response = await call_next(request)
-        print(f"{request.method} {request.url.path} {response.status_code} {time.perf_counter() - started:.3f}s")
-        return response
+    app.add_middleware(Bounded, max_body_bytes=limits.max_body_bytes)
 
     def check_model(model: str | None) -> None:
         if model is not None and model != name:
             raise ApiError(400, f"the model {model!r} does not exist; this server holds {name!r}", param="model")
 
-    async def run(request: Request) -> list[int]:
+    async def run(request: Request, client: HTTPRequest) -> list[int]:
+        """The request's tokens; if the client goes away first, it is cancelled and its rows freed."""
+
         async def collect() -> list[int]:
             return [token async for token in worker.tokens(request)]
 
+        work = asyncio.ensure_future(asyncio.wait_for(collect(), limits.timeout_s))
         try:
-            return await asyncio.wait_for(collect(), limits.timeout_s)
+            while not (await asyncio.wait({work}, timeout=0.5))[0]:
+                if await client.is_disconnected():
+                    work.cancel()  # the token iterator's cleanup cancels it in the batch
+                    raise ApiError(499, "the client closed the connection", "cancelled")
+            return work.result()
         except Busy as e:
             raise ApiError(429, str(e), "rate_limit_error") from e
         except ValueError as e:
@@ -139,7 +161,7 @@ def make_app(wm: WorldModel, worker: Worker, *, name: str, limits: Limits = Limi
         return {"object": "list", "data": [{"id": name, "object": "model", "created": 0, "owned_by": "ringworld"}]}
 
     @app.post("/v1/chat/completions")
-    async def chat(body: ChatBody):
+    async def chat(body: ChatBody, http: HTTPRequest):
         check_model(body.model)
         prompt = chat_prompt(wm, body, limits)
         budget = body.max_completion_tokens or body.max_tokens or 64
@@ -157,7 +179,7 @@ def make_app(wm: WorldModel, worker: Worker, *, name: str, limits: Limits = Limi
         rid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())
         if body.stream:
             return StreamingResponse(stream_chat(request, prompt, stops, rid, created), media_type="text/event-stream")
-        tokens = np.array(await run(request), dtype=np.int64)
+        tokens = np.array(await run(request, http), dtype=np.int64)
         text, reason = finish(answer_text(wm, prompt, tokens), stops, tokens, request)
         return {
             "id": rid,
@@ -211,7 +233,7 @@ def make_app(wm: WorldModel, worker: Worker, *, name: str, limits: Limits = Limi
         return text, "length" if ran_out else "stop"
 
     @app.post("/v1/images/generations")
-    async def images(body: ImagesBody) -> dict:
+    async def images(body: ImagesBody, http: HTTPRequest) -> dict:
         check_model(body.model)
         if body.n > limits.max_images:
             raise ApiError(400, f"n is {body.n}; this server draws at most {limits.max_images} at once", param="n")
@@ -225,7 +247,7 @@ def make_app(wm: WorldModel, worker: Worker, *, name: str, limits: Limits = Limi
             )
             for i in range(body.n)
         ]
-        made = await asyncio.gather(*(run(r) for r in requests))  # drawn in one batch
+        made = await asyncio.gather(*(run(r, http) for r in requests))  # drawn in one batch
         frames = [decoded_media(wm, np.r_[prompt, tokens], Image) for tokens in made]
         made_tokens = sum(len(tokens) for tokens in made)
         usage = {"input_tokens": len(prompt) * body.n, "output_tokens": made_tokens}

@@ -167,8 +167,26 @@ def load_weights(checkpoint: Path, model: Transformer, d: Distributed | None = N
     """Copy the checkpoint's full weights into ``model``. Sharded: rank 0 reads the file and
     broadcasts, each rank keeps its shard (no rank but 0 ever holds the whole model)."""
     sharded = d is not None and d.mesh is not None
-    weights = load_file(checkpoint / WEIGHTS) if not sharded or d.is_main else {}
-    set_full_weights(model, weights, broadcast=sharded)
+    weights = _read_weights(checkpoint / WEIGHTS) if not sharded or d.is_main else {}
+    try:
+        set_full_weights(model, weights, broadcast=sharded)
+    except RuntimeError as e:  # other names or shapes than its config.json says
+        first = str(e).strip().splitlines()[0]
+        raise ValueError(
+            f"{checkpoint / WEIGHTS} does not fit its config.json ({first}); use another checkpoint"
+        ) from None
+
+
+def _read_weights(path: Path) -> dict[str, torch.Tensor]:
+    """A checkpoint's weights; a missing, truncated or foreign file is a ValueError saying so."""
+    if not path.exists():
+        raise ValueError(f"{path} is missing: the checkpoint is incomplete; use another one (or the run's latest)")
+    try:
+        return load_file(path)
+    except Exception as e:  # safetensors raises its own error types (SafetensorError, and others)
+        raise ValueError(
+            f"{path} cannot be read ({e}): the file is truncated or not safetensors; use another checkpoint"
+        ) from None
 
 
 SHAPE_KEYS = ("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "ffn_dim", "qk_norm", "tie_embeddings")
