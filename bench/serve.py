@@ -11,9 +11,10 @@ requests: a question about a world image, a caption of one, a text question, and
 one at a time is C = 1. Tokens are completion tokens as the server reports them (``usage``).
 Latency is per request, from sending to the whole reply.
 
-The load test keeps 32 clients busy for ``--load-seconds`` and counts replies by HTTP status;
+The load test keeps 32 clients busy for ``--load-seconds`` and counts replies by HTTP status.
+Then ``bench/decode.py`` runs on the same checkpoint (batch-1 decoding against HF transformers).
 `--json FILE` writes ``concurrency32_speedup`` (tokens/s at 32 clients / one at a time),
-``errors_5xx`` and the per-concurrency rows.
+``errors_5xx``, ``batch1_ratio`` (and ``batch1_ratio_compiled``) and the per-concurrency rows.
 """
 
 from __future__ import annotations
@@ -26,6 +27,7 @@ import socket
 import statistics
 import subprocess
 import sys
+import tempfile
 import time
 import urllib.request
 from collections import Counter
@@ -165,6 +167,15 @@ def main() -> None:
             result["load"] = {"seconds": args.load_seconds, "clients": 32, "statuses": dict(statuses)}
             result["errors_5xx"] = sum(n for code, n in statuses.items() if code >= 500)
             print(f"\nload: 32 clients for {args.load_seconds:g} s: replies by status {dict(statuses)}")
+        with tempfile.TemporaryDirectory() as tmp:
+            decode = [sys.executable, str(Path(__file__).parent / "decode.py"), "--checkpoint", str(args.checkpoint)]
+            subprocess.run([*decode, "--compile", "--json", f"{tmp}/decode.json"], check=True, capture_output=True)
+            ratios = json.loads(Path(f"{tmp}/decode.json").read_text())
+        result |= {k: ratios[k] for k in ("batch1_ratio", "batch1_ratio_compiled")}
+        print(
+            f"\ndecode at batch 1 against HF transformers: {ratios['batch1_ratio']:.2f}x eager, "
+            f"{ratios['batch1_ratio_compiled']:.2f}x compiled (bench/decode.py)"
+        )
         errors = result.get("errors_5xx", "-")
         print(f"\nconcurrency32_speedup {result['concurrency32_speedup']:.2f}  errors_5xx {errors}")
         if args.json:

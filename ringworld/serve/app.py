@@ -163,7 +163,7 @@ def make_app(wm: WorldModel, worker: Worker, *, name: str, limits: Limits = Limi
     @app.post("/v1/chat/completions")
     async def chat(body: ChatBody, http: HTTPRequest):
         check_model(body.model)
-        prompt = chat_prompt(wm, body, limits)
+        prompt = await asyncio.to_thread(chat_prompt, wm, body, limits)  # images encode off the event loop
         budget = body.max_completion_tokens or body.max_tokens or 64
         if budget > limits.max_tokens:
             raise ApiError(
@@ -248,11 +248,11 @@ def make_app(wm: WorldModel, worker: Worker, *, name: str, limits: Limits = Limi
             for i in range(body.n)
         ]
         made = await asyncio.gather(*(run(r, http) for r in requests))  # drawn in one batch
-        frames = [decoded_media(wm, np.r_[prompt, tokens], Image) for tokens in made]
+        frames = await asyncio.to_thread(lambda: [decoded_media(wm, np.r_[prompt, t], Image) for t in made])
         made_tokens = sum(len(tokens) for tokens in made)
         usage = {"input_tokens": len(prompt) * body.n, "output_tokens": made_tokens}
         usage["total_tokens"] = usage["input_tokens"] + made_tokens
-        data = [{"b64_json": png_base64(f, scale)} for f in frames]
+        data = [{"b64_json": b64} for b64 in await asyncio.to_thread(lambda: [png_base64(f, scale) for f in frames])]
         return {"created": int(time.time()), "data": data, "usage": usage}
 
     async def in_thread(task, *args, **kwargs):
