@@ -4,7 +4,7 @@ in one process.
 
     python bench/decode.py                          # tiny preset, untrained, CPU fp32, 128 new tokens
     python bench/decode.py --json results.json      # also write the figures
-    python bench/decode.py --compile                # also ringworld with its decode step compiled
+    python bench/decode.py --no-compile             # without ringworld's compiled decode step
     python bench/decode.py --device cuda --dtype bf16 --preset small
     python bench/decode.py --checkpoint runs/demo   # a trained run's model and tokenizer
 
@@ -290,7 +290,12 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=5, help="timed calls per case and framework")
     stems = {stem: case for case, (_, stem) in CASES.items()}
     parser.add_argument("--cases", default=",".join(stems), help=f"which cases, comma-separated ({','.join(stems)})")
-    parser.add_argument("--compile", action="store_true", help="also time ringworld with its decode step compiled")
+    parser.add_argument(
+        "--compile",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="also time ringworld with its decode step compiled, as `ringworld serve` decodes (default: on)",
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", choices=list(DTYPES), help="fp32 on cpu, bf16 on an accelerator by default")
     parser.add_argument("--threads", type=int, help="CPU threads for torch (default: torch's own choice)")

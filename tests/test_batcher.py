@@ -94,3 +94,43 @@ def test_cancel_frees_rows_and_bad_requests_are_refused(engine, codec):
         batcher.submit(Request(r.prompt, max_new_tokens=60))
     with pytest.raises(ValueError, match="empty"):
         batcher.submit(Request([], max_new_tokens=3))
+
+
+@pytest.mark.slow
+def test_compiled_decoding_gives_the_eager_tokens(engine, codec):
+    """The compiled step (``ringworld.infer.compiled``), in the engine alone and in the batcher after
+    ``warm_up``, decodes what the eager one does."""
+    compiled = Engine(engine.model, codec, compile=True)
+    requests = _requests(codec)
+    batcher = Batcher(compiled, rows=16, length=256)
+    batcher.warm_up()
+    together = batcher.run(requests)
+    for r, tokens in zip(requests, together, strict=True):
+        eager = _alone(engine, r)
+        np.testing.assert_array_equal(tokens, eager)
+        np.testing.assert_array_equal(_alone(compiled, r), eager)
+
+
+def test_compiled_decode_step_reads_the_weights_in_its_own_reductions(engine):
+    """At a few rows on CPU the compiled step calls no BLAS product, even when a plain compile of
+    the same step has filled the compile caches first (they must not hand its graph back)."""
+    from torch.profiler import ProfilerActivity, profile
+
+    from ringworld.infer.compiled import decode_compile
+    from ringworld.model.transformer import KVCache
+
+    model = engine.model
+    cache = KVCache.allocate(model.cfg, 1, 32, device="cpu", dtype=torch.float32)
+    slot, pad = torch.arange(32), torch.zeros(1, dtype=torch.long)
+    args = (torch.tensor([5]), slot[3:4], slot, torch.ones(1, 32, dtype=torch.bool), pad, cache)
+
+    def products(step) -> int:
+        with torch.inference_mode():
+            step(*args)
+            with profile(activities=[ProfilerActivity.CPU]) as prof:
+                step(*args)
+        return sum(e.count for e in prof.key_averages() if e.key in ("aten::mm", "aten::bmm", "aten::addmm"))
+
+    assert products(torch.compile(engine._decode_step)) > 0  # the plain compile multiplies with the BLAS
+    torch._dynamo.reset()
+    assert products(decode_compile(engine._decode_step)) == 0

@@ -9,6 +9,9 @@ rows are free for the next one. Each request keeps its own sampling settings, se
 and guidance scale, so its tokens do not depend on what else is running (up to float rounding of
 a batched forward against a lone one).
 
+With a compiled engine (``Engine(compile=True)``) the decode step and the prompts' forward are
+compiled too (``infer/compiled.py``), dynamic in rows and lengths; ``warm_up`` compiles them.
+
     batcher = Batcher(engine, rows=32)
     rid = batcher.submit(Request(prompt_ids, max_new_tokens=64))
     while batcher.busy:
@@ -26,6 +29,7 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
+from ringworld.infer.compiled import GEMV_ROWS, decode_compile, prompt_compile
 from ringworld.infer.engine import Engine, pad_actions
 from ringworld.infer.grammar import SpanGrammar
 from ringworld.infer.sampling import GREEDY, Sampling, guide, sample
@@ -87,6 +91,8 @@ class Batcher:
         self.ids = itertools.count()
         self.eos = self.codec.vocab.special("<|eos|>")
         self.peak = 0  # the most requests one forward has decoded together
+        self._forward = decode_compile(self._forward_rows) if engine.compiled else self._forward_rows
+        self._prompt_forward = prompt_compile(self._prompt_rows) if engine.compiled else self._prompt_rows
 
     @property
     def busy(self) -> bool:
@@ -149,6 +155,20 @@ class Batcher:
                 made[event.request].append(event.token)
         return [np.array(made[rid], dtype=np.int64) for rid in rids]
 
+    def warm_up(self) -> None:
+        """Compile the compiled steps' graphs now, before a client waits for them (a no-op eager):
+        prompts of two lengths alone, then together (a prompt's length and rows become dynamic),
+        for short prompts and long ones (Inductor multiplies a few rows its own way), each decoded
+        at growing widths; then more rows than ``GEMV_ROWS`` (the BLAS's graph)."""
+        if not self.engine.compiled:
+            return
+        bos = self.codec.vocab.special("<|bos|>")
+        for a, b in ((9, 10), (2, 3)):
+            for lengths in ([a], [b], [a, b]):
+                self.run([Request((bos,) * n, max_new_tokens=3, constrained=False, stop=()) for n in lengths])
+        self.run([Request((bos,) * 9, max_new_tokens=3, constrained=False, stop=())] * min(GEMV_ROWS + 1, self.rows))
+        self.peak = 0
+
     # internals -------------------------------------------------------------------------------
     def _admit(self) -> None:
         """Take waiting requests while their rows are free, and prefill all their prompts at once."""
@@ -194,12 +214,19 @@ class Batcher:
             ids[r, : len(prompt)] = torch.as_tensor(list(prompt))
         slots = torch.arange(L, device=self.engine.device)
         fresh = KVCache.allocate(self.model.cfg, R, L, device=self.engine.device, dtype=self.engine.dtype)
-        logits = self.model(ids.to(self.engine.device), positions=slots[None], cache=fresh.at(slots, None))
+        logits = self._prompt_forward(ids.to(self.engine.device), slots, lengths, fresh)
         index = torch.tensor(rows, device=self.engine.device)
         for mine, theirs in zip(self.cache.k + self.cache.v, fresh.k + fresh.v, strict=True):
             mine[index, :, :L] = theirs  # past a row's prompt: slots its decoding overwrites before it sees them
         self.at[index] = lengths
-        return logits[torch.arange(R), lengths - 1].float()
+        return logits
+
+    def _prompt_rows(
+        self, ids: torch.Tensor, slots: torch.Tensor, lengths: torch.Tensor, cache: KVCache
+    ) -> torch.Tensor:
+        """ids (R, L) at slots (L,) into ``cache``: (R, V) the logits after each row's last token."""
+        logits = self.model(ids, positions=slots[None], cache=cache.at(slots, None))
+        return logits[torch.arange(len(ids), device=ids.device), lengths - 1].float()
 
     def _pick(self, runs: list[_Running]) -> torch.Tensor:
         """The next token of every running request (k,), as ``Engine.generate`` picks it: the logit
@@ -237,11 +264,14 @@ class Batcher:
         for run in self.running.values():
             tokens[run.rows] = run.made[-1]
         at = self.at[:n]  # (n,) each row's write slot; rows not in use write where nothing is read
-        width = int(at.max()) + 1
-        slot = torch.arange(width, device=at.device)
-        visible = (slot[None] <= at[:, None])[:, None, None, :]  # (n, 1, 1, width)
+        slot = torch.arange(int(at.max()) + 1, device=at.device)  # (width,) the slots anyone sees
         view = KVCache([k[:n] for k in self.cache.k], [v[:n] for v in self.cache.v])
-        logits = self.model(tokens[:, None], positions=at[:, None], cache=view.at(at[:, None], visible))
-        self.logits[:n] = logits[:, -1].float()
+        self.logits[:n] = self._forward(tokens, at, slot, view)
         for run in self.running.values():
             self.at[run.rows] += 1
+
+    def _forward_rows(self, tokens: torch.Tensor, at: torch.Tensor, slot: torch.Tensor, cache: KVCache) -> torch.Tensor:
+        """tokens (n,) at slots at (n,), each row seeing its slots up to its own: (n, V) logits."""
+        visible = (slot[None] <= at[:, None])[:, None, None, :]  # (n, 1, 1, width)
+        logits = self.model(tokens[:, None], positions=at[:, None], cache=cache.at(at[:, None], visible))
+        return logits[:, -1].float()

@@ -28,6 +28,7 @@ from typing import Protocol
 import numpy as np
 import torch
 
+from ringworld.infer.compiled import decode_compile
 from ringworld.infer.grammar import SpanGrammar
 from ringworld.infer.sampling import GREEDY, Sampling, guide, sample
 from ringworld.model.transformer import KVCache, Transformer
@@ -67,7 +68,9 @@ class Generation:
 
 
 class Engine:
-    """Generation with one model and its codec; ``compile=True`` compiles the one-token decode step."""
+    """Generation with one model and its codec; ``compile=True`` compiles the one-token decode step
+    (``infer/compiled.py``: 6x HF transformers at batch 1 on CPU, after 7-18 s of compiling, so
+    worth it where many tokens follow: ``ringworld serve`` turns it on)."""
 
     def __init__(
         self,
@@ -90,7 +93,8 @@ class Engine:
         self.pad = codec.vocab.special("<|pad|>")
         # (V,) added to every step's logits: what undoes a training loss weight (``background_logit_bias``)
         self.logit_bias = None if logit_bias is None else logit_bias.to(self.device, torch.float32)
-        self._decode = torch.compile(self._decode_step, dynamic=False) if compile else self._decode_step
+        self.compiled = compile
+        self._decode = decode_compile(self._decode_step) if compile else self._decode_step
         self.prefill = prefill or LocalPrefill()
 
     def _decode_step(
@@ -103,7 +107,8 @@ class Engine:
         cache: KVCache,
     ) -> torch.Tensor:  # (R, V) logits for the next token
         """One token per row through the model. Every step attends over the whole cache under its
-        mask, so the shapes never change and the compiled step is compiled once."""
+        mask, so a call's steps all have one shape (``infer/compiled.py``: a new cache length makes
+        the compiled step's length dynamic once)."""
         visible = valid[:, None, None, :] & (slot <= at)[None, None, None, :]  # (R, 1, 1, S)
         positions = (at - pad_len)[:, None]  # (R, 1)
         return self.model(tokens[:, None], positions=positions, cache=cache.at(at, visible))[:, -1].float()
