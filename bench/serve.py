@@ -11,7 +11,8 @@ requests: a question about a world image, a caption of one, a text question, and
 one at a time is C = 1. Tokens are completion tokens as the server reports them (``usage``).
 Latency is per request, from sending to the whole reply.
 
-The load test keeps 32 clients busy for ``--load-seconds`` and counts replies by HTTP status.
+The load test keeps 32 clients busy for ``--load-seconds`` (each going round the whole mix), counts
+replies by HTTP status, and gives the steady state's tokens/s against one at a time.
 Then ``bench/decode.py`` runs on the same checkpoint (batch-1 decoding against HF transformers).
 `--json FILE` writes ``concurrency32_speedup`` (tokens/s at 32 clients / one at a time),
 ``errors_5xx``, ``batch1_ratio`` (the decode path the server used: compiled unless ``--no-compile``;
@@ -107,27 +108,32 @@ def measure(client, requests: list[tuple[str, dict]], clients: int) -> dict:
     }
 
 
-def load(client, seconds: float, clients: int) -> Counter:
-    """Every client sends requests back to back for ``seconds``; replies counted by status."""
-    statuses: Counter = Counter()
+def load(client, seconds: float, clients: int) -> tuple[Counter, int]:
+    """Every client sends requests back to back for ``seconds``: replies counted by status, and the
+    completion tokens of those that succeeded."""
     deadline = time.perf_counter() + seconds
     requests = workload(64)
 
-    def one_client(k: int) -> None:
-        i = k
+    def one_client(k: int) -> tuple[Counter, int]:  # each client goes round the whole mix, from its own start
+        statuses, tokens, i = Counter(), 0, k
         while time.perf_counter() < deadline:
-            statuses[send(client, *requests[i % len(requests)])[2]] += 1
-            i += clients
+            made, _, status = send(client, *requests[i % len(requests)])
+            statuses[status] += 1
+            tokens += made
+            i += 1
+        return statuses, tokens
 
     with ThreadPoolExecutor(clients) as pool:
-        list(pool.map(one_client, range(clients)))
-    return statuses
+        done = list(pool.map(one_client, range(clients)))
+    return sum((c for c, _ in done), Counter()), sum(t for _, t in done)
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", type=Path, default=Path("runs/demo/model"), help="the run to serve")
-    parser.add_argument("--requests", type=int, default=64, help="requests per concurrency level")
+    parser.add_argument(
+        "--requests", type=int, default=256, help="requests per concurrency level (default: 256, 8 per client at 32)"
+    )
     parser.add_argument("--load-seconds", type=float, default=60.0, help="the sustained load test (0: skip)")
     parser.add_argument("--rows", type=int, default=32, help="the server's --rows")
     parser.add_argument(
@@ -171,10 +177,16 @@ def main() -> None:
             )
         result = {"rows": rows, "concurrency32_speedup": rows[2]["tokens_per_s"] / rows[0]["tokens_per_s"]}
         if args.load_seconds > 0:
-            statuses = load(client, args.load_seconds, 32)
+            start = time.perf_counter()
+            statuses, tokens = load(client, args.load_seconds, 32)
+            rate = tokens / (time.perf_counter() - start)
             result["load"] = {"seconds": args.load_seconds, "clients": 32, "statuses": dict(statuses)}
+            result["load"] |= {"tokens_per_s": rate, "vs_one_at_a_time": rate / rows[0]["tokens_per_s"]}
             result["errors_5xx"] = sum(n for code, n in statuses.items() if code >= 500)
-            print(f"\nload: 32 clients for {args.load_seconds:g} s: replies by status {dict(statuses)}")
+            print(
+                f"\nload: 32 clients for {args.load_seconds:g} s: replies by status {dict(statuses)}; "
+                f"{rate:,.0f} tokens/s, {rate / rows[0]['tokens_per_s']:.2f}x one at a time"
+            )
         with tempfile.TemporaryDirectory() as tmp:
             decode = [sys.executable, str(Path(__file__).parent / "decode.py"), "--checkpoint", str(args.checkpoint)]
             subprocess.run([*decode, "--compile", "--json", f"{tmp}/decode.json"], check=True, capture_output=True)

@@ -36,7 +36,7 @@ def add_parsers(commands) -> None:
         action=argparse.BooleanOptionalAction,
         default=True,
         help="decode with compiled steps, compiled before serving starts (30-60 s on a 2-core CPU); then "
-        "1.8x the tokens/s for one client at a time and 1.4x at 32 clients on the demo model "
+        "1.8x the tokens/s for one client at a time and 1.05-1.4x at 32 clients on the demo model "
         "(docs/results.md); --no-compile serves at once (default: on)",
     )
     serve.add_argument(

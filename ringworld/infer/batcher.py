@@ -257,18 +257,19 @@ class Batcher:
 
     def _decode(self) -> None:
         """One token per running request's rows, in one forward over rows 0..max in use."""
-        n = 1 + max(row for run in self.running.values() for row in run.rows)
+        rows = [row for run in self.running.values() for row in run.rows]
+        fed = [run.made[-1] for run in self.running.values() for _ in run.rows]
+        n = 1 + max(rows)
         self.peak = max(self.peak, len(self.running))
-        pad = self.codec.vocab.special("<|pad|>")
-        tokens = torch.full((n,), pad, dtype=torch.long, device=self.engine.device)
-        for run in self.running.values():
-            tokens[run.rows] = run.made[-1]
+        device = self.engine.device
+        rows_in_use = torch.tensor(rows, device=device)
+        tokens = torch.full((n,), self.codec.vocab.special("<|pad|>"), dtype=torch.long, device=device)
+        tokens[rows_in_use] = torch.tensor(fed, device=device)
         at = self.at[:n]  # (n,) each row's write slot; rows not in use write where nothing is read
         slot = torch.arange(int(at.max()) + 1, device=at.device)  # (width,) the slots anyone sees
         view = KVCache([k[:n] for k in self.cache.k], [v[:n] for v in self.cache.v])
         self.logits[:n] = self._forward(tokens, at, slot, view)
-        for run in self.running.values():
-            self.at[run.rows] += 1
+        self.at[rows_in_use] += 1
 
     def _forward_rows(self, tokens: torch.Tensor, at: torch.Tensor, slot: torch.Tensor, cache: KVCache) -> torch.Tensor:
         """tokens (n,) at slots at (n,), each row seeing its slots up to its own: (n, V) logits."""
