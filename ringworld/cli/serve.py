@@ -35,7 +35,7 @@ def add_parsers(commands) -> None:
         "--compile",
         action=argparse.BooleanOptionalAction,
         default=True,
-        help="decode with compiled steps, compiled before serving starts (30-60 s on a 2-core CPU); then "
+        help="decode with compiled steps, compiled before serving starts (20-40 s on a 2-core CPU); then "
         "1.8x the tokens/s for one client at a time and 1.05-1.4x at 32 clients on the demo model "
         "(docs/results.md); --no-compile serves at once (default: on)",
     )
@@ -74,7 +74,7 @@ def _serve(args: argparse.Namespace) -> None:
     wm = load_world_model(args.checkpoint, args.device, compile=args.compile)
     batcher = Batcher(wm.engine, rows=args.rows)
     if args.compile:
-        print("compiling the decode step (--no-compile skips this) ...", flush=True)
+        print("compiling the decode and prompt steps (--no-compile skips this) ...", flush=True)
         start = time.perf_counter()
         batcher.warm_up()
         print(f"compiled in {time.perf_counter() - start:.0f} s", flush=True)

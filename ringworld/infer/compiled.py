@@ -1,4 +1,4 @@
-"""The compiled one-token decode step, shaped for what decoding is: a few rows through every weight.
+"""Compiled steps for generation; the decode step is shaped for what decoding is: a few rows through every weight.
 
 At decode time each projection multiplies a handful of rows by a weight matrix, so its speed is
 how fast the weights are read. On CPU, Inductor hands ``mm`` to oneDNN/MKL, whose few-row products
