@@ -64,10 +64,13 @@ def test_requests_decoded_together_give_what_each_gives_alone(engine, codec):
         np.testing.assert_array_equal(tokens, _alone(engine, r))
 
 
-def test_requests_join_and_leave_a_running_batch(engine, codec):
-    """Too few rows for all at once: later requests wait, then take the rows of finished ones."""
+@pytest.mark.parametrize("overlap_prefill", [False, True])
+def test_requests_join_and_leave_a_running_batch(engine, codec, overlap_prefill):
+    """Too few rows for all at once: later requests wait, then take the rows of finished ones (their
+    prompts prefilled on a thread of their own with ``overlap_prefill``); no free row is left below
+    the highest one decoding."""
     requests = _requests(codec)
-    batcher = Batcher(engine, rows=3, length=256)
+    batcher = Batcher(engine, rows=3, length=256, overlap_prefill=overlap_prefill)
     rids = [batcher.submit(r) for r in requests[:2]]
     made: dict[int, list[int]] = {}
     steps = 0
@@ -76,7 +79,8 @@ def test_requests_join_and_leave_a_running_batch(engine, codec):
             rids += [batcher.submit(r) for r in requests[2:]]
         for event in batcher.step():
             made.setdefault(event.request, []).append(event.token)
-        assert sum(len(run.rows) for run in batcher.running.values()) <= 3
+        rows = [row for run in batcher.running.values() for row in run.rows]
+        assert len(rows) <= 3 and not [row for row in batcher.free if rows and row < max(rows)]
         steps += 1
     for rid, r in zip(rids, requests, strict=True):
         np.testing.assert_array_equal(made[rid], _alone(engine, r))
@@ -94,6 +98,44 @@ def test_cancel_frees_rows_and_bad_requests_are_refused(engine, codec):
         batcher.submit(Request(r.prompt, max_new_tokens=60))
     with pytest.raises(ValueError, match="empty"):
         batcher.submit(Request([], max_new_tokens=3))
+
+
+def test_rows_freed_below_move_the_highest_request_down(engine, codec):
+    """A request in a high row moves into a lower free one and decodes on as if it had not."""
+    prompts = [r.prompt for r in _requests(codec)[:3]]
+    requests = [Request(p, max_new_tokens=n, stop=()) for p, n in zip(prompts, (2, 3, 12), strict=True)]
+    batcher = Batcher(engine, rows=4, length=256)
+    made = batcher.run(requests)
+    assert [len(m) for m in made] == [2, 3, 12] and sorted(batcher.free) == [0, 1, 2, 3]
+    np.testing.assert_array_equal(made[2], _alone(engine, requests[2]))
+    rid = [batcher.submit(r) for r in requests][2]
+    while len(batcher.running) != 1:
+        batcher.step()
+    assert batcher.running[rid].rows == [0]  # it started in row 2
+
+
+def test_a_request_cancelled_while_its_prompt_is_prefilled_frees_its_rows(engine, codec):
+    import threading
+
+    first, second = _requests(codec)[:2]
+    batcher = Batcher(engine, rows=3, length=256, overlap_prefill=True)
+    gate, prefill = threading.Event(), batcher._prefill
+    batcher._prefill = lambda admitted: gate.wait() and prefill(admitted)
+    a = batcher.submit(first)
+    gate.set()
+    batcher.step()  # nothing runs yet: it waits for the first prompt
+    gate.clear()
+    b = batcher.submit(second)
+    batcher.step()  # the second prompt is on its way; the first one decodes on
+    assert b not in batcher.running and batcher.prefilling
+    batcher.cancel(b)
+    gate.set()
+    made = {a: [], b: []}
+    while batcher.busy:
+        for event in batcher.step():
+            made[event.request].append(event.token)
+    assert not made[b] and len(made[a]) == first.max_new_tokens - 2
+    assert sorted(batcher.free) == [0, 1, 2] and not batcher.cancelled
 
 
 @pytest.mark.slow

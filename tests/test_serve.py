@@ -232,3 +232,46 @@ def test_a_full_server_says_429_and_a_huge_body_413(wm):
         assert code == 413 and "limit" in reply["error"]["message"]
     finally:
         full.close()
+
+
+def test_the_model_in_a_process_of_its_own_serves_and_its_end_is_a_503(tiny_run, wm, client):
+    """``ProcessWorker`` (what ``ringworld serve`` runs) gives the tokens this process's batcher
+    gives; when its process dies, the request in flight and those that come next get a 503 (and
+    /health says so), not a hang."""
+    import os
+    import signal
+
+    from ringworld.infer.batcher import Request
+    from ringworld.serve.worker import ModelDown, ProcessWorker
+
+    def status(url: str) -> int:
+        try:
+            return urllib.request.urlopen(url).status
+        except urllib.error.HTTPError as e:
+            return e.code
+
+    asks = [[{"role": "user", "content": f"what colour is shape {i}?"}] for i in range(3)]
+    expected = [client.chat.completions.create(model="tiny", messages=m, max_tokens=8) for m in asks]
+    live = LiveServer(wm, worker=ProcessWorker(tiny_run, wm.engine, rows=4, compile=False))
+    worker = live.worker
+    try:
+        served = openai.OpenAI(base_url=live.url + "/v1", api_key="unused", max_retries=0)
+        with ThreadPoolExecutor(3) as pool:
+            got = list(pool.map(lambda m: served.chat.completions.create(model="tiny", messages=m, max_tokens=8), asks))
+        assert [g.choices[0].message.content for g in got] == [e.choices[0].message.content for e in expected]
+        assert status(live.url + "/health") == 200
+
+        os.kill(worker.process.pid, signal.SIGSTOP)  # frozen with a request in flight, then gone
+        with ThreadPoolExecutor(1) as pool:
+            in_flight = pool.submit(worker.run, [Request([1, 2, 3], max_new_tokens=5)], 60)
+            while worker.held == 0:
+                time.sleep(0.01)
+            worker.process.kill()
+            with pytest.raises(ModelDown, match="stopped"):
+                in_flight.result(timeout=30)
+        with pytest.raises(openai.InternalServerError) as e:
+            served.chat.completions.create(model="tiny", messages=asks[0], max_tokens=8)
+        assert e.value.status_code == 503 and "restart the server" in e.value.message
+        assert status(live.url + "/health") == 503
+    finally:
+        live.close()

@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import time
 from pathlib import Path
 
 from ringworld.cli.common import positive_int
@@ -66,19 +65,22 @@ def add_parsers(commands) -> None:
 def _serve(args: argparse.Namespace) -> None:
     import uvicorn
 
-    from ringworld.infer.batcher import Batcher
     from ringworld.infer.tasks import load_world_model
     from ringworld.serve.app import Limits, make_app
-    from ringworld.serve.worker import Worker
+    from ringworld.serve.worker import ProcessWorker
 
-    wm = load_world_model(args.checkpoint, args.device, compile=args.compile)
-    batcher = Batcher(wm.engine, rows=args.rows)
-    if args.compile:
-        print("compiling the decode and prompt steps (--no-compile skips this) ...", flush=True)
-        start = time.perf_counter()
-        batcher.warm_up()
-        print(f"compiled in {time.perf_counter() - start:.0f} s", flush=True)
-    worker = Worker(batcher, max_requests=args.max_requests)
+    wm = load_world_model(args.checkpoint, args.device)  # this process's: for checks and for media
+    what = "loading the model's process and compiling its decode and prompt steps (--no-compile skips this)"
+    print(f"{what} ..." if args.compile else "loading the model's process ...", flush=True)
+    worker = ProcessWorker(
+        wm.checkpoint,
+        wm.engine,
+        device=args.device,
+        rows=args.rows,
+        compile=args.compile,
+        max_requests=args.max_requests,
+    )
+    print(f"the model is ready in {worker.warm_up_s:.0f} s", flush=True)
     limits = Limits(max_body_bytes=int(args.max_body_mb * 2**20), max_tokens=args.max_tokens, timeout_s=args.timeout)
     app = make_app(wm, worker, name=args.name, limits=limits)
     print(f"serving {wm.checkpoint} as {args.name!r} on http://{args.host}:{args.port}")

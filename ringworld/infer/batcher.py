@@ -1,13 +1,20 @@
 """Continuous batching: many generation requests decoded in one batch, as vLLM does (without paging).
 
 A request takes one row of a preallocated KV cache (two with classifier-free guidance: its prompt
-and its unconditional twin). It joins at any step: its prompt is prefilled into its rows alone,
-and from then on its next token goes through the model in one batched forward with every other
-running request's, each row writing its keys and values at its own slot and attending to its own
-slots only. A request leaves when it stops (a stop id, its token budget, or a cancel), and its
-rows are free for the next one. Each request keeps its own sampling settings, seed, grammar state
-and guidance scale, so its tokens do not depend on what else is running (up to float rounding of
-a batched forward against a lone one).
+and its unconditional twin). It joins at any step: its prompt is prefilled (with those of the
+other requests admitted at that step) into its rows alone, and from then on its next token goes
+through the model in one batched forward with every other running request's, each row writing
+its keys and values at its own slot and attending to its own slots only. A request leaves when it
+stops (a stop id, its token budget, or a cancel), and its rows are free for the next one; a
+request in a higher row then moves down into them, since a forward covers rows 0..max in use.
+Each request keeps its own sampling settings, seed, grammar state and guidance scale, so its
+tokens do not depend on what else is running (up to float rounding of a batched forward against a
+lone one).
+
+With ``overlap_prefill`` (what a server uses) prompts are prefilled on a thread of their own while
+the running requests decode, and join the batch at the first step after they are through: on a
+2-core CPU each thread then keeps a core busy, and a long prompt no longer stalls every running
+request for its forward.
 
 With a compiled engine (``Engine(compile=True)``) the decode step and the prompts' forward are
 compiled too (``infer/compiled.py``), dynamic in rows and lengths; ``warm_up`` compiles them.
@@ -24,6 +31,7 @@ from __future__ import annotations
 import itertools
 from collections import deque
 from collections.abc import Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 
 import numpy as np
@@ -71,10 +79,32 @@ class _Running:
     made: list[int] = field(default_factory=list)
 
 
-class Batcher:
-    """Runs requests through ``engine``'s model ``rows`` cache rows at a time, ``length`` slots each."""
+@dataclass
+class _Admitted:
+    rid: int
+    request: Request
+    rows: list[int]  # its cache rows: [cond] or [cond, uncond]
 
-    def __init__(self, engine: Engine, *, rows: int = 32, length: int | None = None) -> None:
+
+@dataclass
+class _Prefilled:
+    """What prefilling admitted requests gives, for their rows."""
+
+    logits: torch.Tensor  # (R, V) after each prompt's last token
+    cache: KVCache  # R rows: the prompts' keys and values
+    lengths: torch.Tensor  # (R,)
+    grammar: dict[str, torch.Tensor] | None  # SpanGrammar.prompt_state of the constrained requests
+
+
+class Batcher:
+    """Runs requests through ``engine``'s model ``rows`` cache rows at a time, ``length`` slots each.
+    With ``overlap_prefill``, new prompts go through the model on a thread of their own while the
+    running requests decode (each thread with this one's torch threads), and join the batch when
+    they are through."""
+
+    def __init__(
+        self, engine: Engine, *, rows: int = 32, length: int | None = None, overlap_prefill: bool = False
+    ) -> None:
         self.engine, self.model, self.codec = engine, engine.model, engine.codec
         self.length = length or self.model.cfg.max_seq_len
         self.rows = rows
@@ -88,6 +118,13 @@ class Batcher:
         self.free = list(range(rows))
         self.waiting: deque[tuple[int, Request]] = deque()
         self.running: dict[int, _Running] = {}
+        self.prefilling: deque[tuple[list[_Admitted], Future]] = deque()  # in admission order
+        self.cancelled: set[int] = set()  # ids cancelled while their prompts were on their way
+        self.prefiller = (
+            ThreadPoolExecutor(1, "ringworld-prefill", torch.set_num_threads, (torch.get_num_threads(),))
+            if overlap_prefill
+            else None
+        )
         self.ids = itertools.count()
         self.eos = self.codec.vocab.special("<|eos|>")
         self.peak = 0  # the most requests one forward has decoded together
@@ -96,22 +133,11 @@ class Batcher:
 
     @property
     def busy(self) -> bool:
-        return bool(self.waiting or self.running)
+        return bool(self.waiting or self.running or self.prefilling)
 
     def check(self, request: Request) -> None:
         """Raise a ValueError saying what is wrong with ``request``, if anything (any thread may ask)."""
-        if request.max_new_tokens < 1:
-            raise ValueError(f"max_new_tokens must be >= 1, got {request.max_new_tokens}")
-        prompts = [request.prompt, request.uncond_prompt] if request.guided else [request.prompt]
-        for i, prompt in enumerate(prompts):
-            self.engine.check_prompt(prompt, i)
-            if len(prompt) + request.max_new_tokens > self.length:
-                raise ValueError(
-                    f"a prompt of {len(prompt)} tokens plus {request.max_new_tokens} new ones exceeds the "
-                    f"{self.length}-token context; shorten the prompt or ask for fewer tokens"
-                )
-        if len(prompts) > self.rows:
-            raise ValueError(f"a guided request needs 2 rows; this batcher has {self.rows}")
+        check_request(self.engine, request, length=self.length, rows=self.rows)
 
     def submit(self, request: Request) -> int:
         """Queue ``request`` (checked first); its id."""
@@ -125,11 +151,14 @@ class Batcher:
         self.waiting = deque((i, r) for i, r in self.waiting if i != rid)
         if rid in self.running:
             self.free += self.running.pop(rid).rows
+        elif any(rid == a.rid for admitted, _ in self.prefilling for a in admitted):
+            self.cancelled.add(rid)  # its rows are freed when its prompt is through
 
     @torch.inference_mode()
     def step(self) -> list[Event]:
         """Admit what fits, pick one token for every running request, and run them through the model."""
         self._admit()
+        self._join(wait=not self.running)
         if not self.running:
             return []
         rids = list(self.running)
@@ -143,6 +172,7 @@ class Batcher:
             if finished:
                 self.free += self.running.pop(rid).rows
         if self.running:
+            self._compact()
             self._decode()
         return events
 
@@ -171,7 +201,8 @@ class Batcher:
 
     # internals -------------------------------------------------------------------------------
     def _admit(self) -> None:
-        """Take waiting requests while their rows are free, and prefill all their prompts at once."""
+        """Take waiting requests while their rows are free, and prefill all their prompts at once:
+        now, or on the prefill thread."""
         admitted = []
         while self.waiting:
             rid, request = self.waiting[0]
@@ -181,45 +212,82 @@ class Batcher:
             self.waiting.popleft()
             self.free.sort()
             rows, self.free = self.free[:need], self.free[need:]  # the lowest: a forward covers rows 0..max
-            admitted.append((rid, request, rows))
+            admitted.append(_Admitted(rid, request, rows))
         if not admitted:
             return
-        rows = [row for _, _, rs in admitted for row in rs]
-        prompts = [p for _, r, _ in admitted for p in ([r.prompt, r.uncond_prompt] if r.guided else [r.prompt])]
-        self.logits[rows] = self._prefill(rows, prompts)
-        device = self.engine.device
-        constrained = [(r, rs[0]) for _, r, rs in admitted if r.constrained]
-        if constrained:  # the grammar's state at the end of each prompt, in one pass for all
-            width = max(len(r.prompt) for r, _ in constrained)
-            padded = torch.full((len(constrained), width), self.codec.vocab.special("<|pad|>"), dtype=torch.long)
-            for i, (r, _) in enumerate(constrained):
-                padded[i, width - len(r.prompt) :] = torch.as_tensor(list(r.prompt))
-            frames = torch.tensor([r.video_frames for r, _ in constrained], device=device)
-            actions = pad_actions([r.video_actions for r, _ in constrained], len(constrained), device)
-            where = torch.tensor([row for _, row in constrained], device=device)
-            self.grammar.restart(where, padded.to(device), frames, actions)
-        for rid, request, rs in admitted:
-            stop = set(request.stop if request.stop is not None else [self.eos])
-            greedy = request.sampling.temperature == 0
-            generator = None if greedy else torch.Generator(device).manual_seed(request.sampling.seed)
-            self.running[rid] = _Running(request, rs, generator, stop)
+        if self.prefiller is None:
+            self._install(admitted, self._prefill(admitted))
+        else:
+            self.prefilling.append((admitted, self.prefiller.submit(self._prefill, admitted)))
 
-    def _prefill(self, rows: list[int], prompts: list[Sequence[int]]) -> torch.Tensor:
+    def _join(self, wait: bool) -> None:
+        """Requests whose prompts are through join the batch, in the order they were admitted;
+        ``wait``: for the first one, if it is not through yet."""
+        while self.prefilling and (wait or self.prefilling[0][1].done()):
+            admitted, through = self.prefilling.popleft()
+            wait = False
+            try:
+                result = through.result()
+            except BaseException:  # the rows go back; the caller fails the requests
+                self.free += [row for a in admitted for row in a.rows]
+                self.cancelled -= {a.rid for a in admitted}
+                raise
+            self._install(admitted, result)
+
+    @torch.inference_mode()
+    def _prefill(self, admitted: list[_Admitted]) -> _Prefilled:
         """Every prompt through the model in one forward, right-padded (causal attention: a token
-        never sees the padding after it); their keys and values into ``rows``: (R, V) last logits."""
-        lengths = torch.tensor([len(p) for p in prompts], device=self.engine.device)
+        never sees the padding after it), and the grammar's state at each constrained one's end.
+        Touches no state of the batch, so it may run on the prefill thread."""
+        prompts = [
+            p
+            for a in admitted
+            for p in ([a.request.prompt, a.request.uncond_prompt] if a.request.guided else [a.request.prompt])
+        ]
+        device = self.engine.device
+        lengths = torch.tensor([len(p) for p in prompts], device=device)
         R, L = len(prompts), int(lengths.max())
         ids = torch.full((R, L), self.codec.vocab.special("<|pad|>"), dtype=torch.long)
         for r, prompt in enumerate(prompts):
             ids[r, : len(prompt)] = torch.as_tensor(list(prompt))
-        slots = torch.arange(L, device=self.engine.device)
-        fresh = KVCache.allocate(self.model.cfg, R, L, device=self.engine.device, dtype=self.engine.dtype)
-        logits = self._prompt_forward(ids.to(self.engine.device), slots, lengths, fresh)
-        index = torch.tensor(rows, device=self.engine.device)
-        for mine, theirs in zip(self.cache.k + self.cache.v, fresh.k + fresh.v, strict=True):
+        slots = torch.arange(L, device=device)
+        fresh = KVCache.allocate(self.model.cfg, R, L, device=device, dtype=self.engine.dtype)
+        logits = self._prompt_forward(ids.to(device), slots, lengths, fresh)
+        constrained = [a.request for a in admitted if a.request.constrained]
+        grammar = None
+        if constrained:  # the grammar's state at the end of each prompt, in one pass for all
+            width = max(len(r.prompt) for r in constrained)
+            padded = torch.full((len(constrained), width), self.codec.vocab.special("<|pad|>"), dtype=torch.long)
+            for i, r in enumerate(constrained):
+                padded[i, width - len(r.prompt) :] = torch.as_tensor(list(r.prompt))
+            frames = torch.tensor([r.video_frames for r in constrained], device=device)
+            actions = pad_actions([r.video_actions for r in constrained], len(constrained), device)
+            grammar = self.grammar.prompt_state(padded.to(device), frames, actions)
+        return _Prefilled(logits, fresh, lengths, grammar)
+
+    def _install(self, admitted: list[_Admitted], prefilled: _Prefilled) -> None:
+        """The prompts' keys, values, last logits and grammar state into the requests' rows; the
+        requests run from the next pick (those cancelled meanwhile free their rows instead)."""
+        device = self.engine.device
+        rows = [row for a in admitted for row in a.rows]
+        index = torch.tensor(rows, device=device)
+        L = prefilled.cache.length
+        for mine, theirs in zip(self.cache.k + self.cache.v, prefilled.cache.k + prefilled.cache.v, strict=True):
             mine[index, :, :L] = theirs  # past a row's prompt: slots its decoding overwrites before it sees them
-        self.at[index] = lengths
-        return logits
+        self.at[index] = prefilled.lengths
+        self.logits[rows] = prefilled.logits
+        if prefilled.grammar is not None:
+            where = torch.tensor([a.rows[0] for a in admitted if a.request.constrained], device=device)
+            self.grammar.set_rows(where, prefilled.grammar)
+        for a in admitted:
+            if a.rid in self.cancelled:
+                self.cancelled.discard(a.rid)
+                self.free += a.rows
+                continue
+            stop = set(a.request.stop if a.request.stop is not None else [self.eos])
+            greedy = a.request.sampling.temperature == 0
+            generator = None if greedy else torch.Generator(device).manual_seed(a.request.sampling.seed)
+            self.running[a.rid] = _Running(a.request, a.rows, generator, stop)
 
     def _prompt_rows(
         self, ids: torch.Tensor, slots: torch.Tensor, lengths: torch.Tensor, cache: KVCache
@@ -255,6 +323,24 @@ class Batcher:
         self.grammar.advance(fed)  # <|pad|> leaves the other rows as they are
         return tokens
 
+    def _compact(self) -> None:
+        """Move requests from the highest rows into free lower ones, so that the decode forward,
+        which covers rows 0..max in use, runs no idle row. A move copies the row's filled slots
+        (its logits are about to be remade)."""
+        self.free.sort()
+        while self.free:
+            row, rid, i = max((row, rid, i) for rid, run in self.running.items() for i, row in enumerate(run.rows))
+            if self.free[0] > row:
+                return
+            run, to = self.running[rid], self.free.pop(0)
+            filled = len(run.request.prompt if i == 0 else run.request.uncond_prompt) + len(run.made)
+            for layer in self.cache.k + self.cache.v:
+                layer[to, :, :filled] = layer[row, :, :filled]
+            self.at[to] = self.at[row]
+            self.grammar.move_row(row, to)
+            run.rows[i] = to
+            self.free.append(row)
+
     def _decode(self) -> None:
         """One token per running request's rows, in one forward over rows 0..max in use."""
         rows = [row for run in self.running.values() for row in run.rows]
@@ -276,3 +362,20 @@ class Batcher:
         visible = (slot[None] <= at[:, None])[:, None, None, :]  # (n, 1, 1, width)
         logits = self.model(tokens[:, None], positions=at[:, None], cache=cache.at(at[:, None], visible))
         return logits[:, -1].float()
+
+
+def check_request(engine: Engine, request: Request, *, length: int, rows: int) -> None:
+    """Raise a ValueError saying what is wrong with ``request`` for a batcher of ``rows`` rows of
+    ``length`` slots on ``engine``'s model, if anything."""
+    if request.max_new_tokens < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {request.max_new_tokens}")
+    prompts = [request.prompt, request.uncond_prompt] if request.guided else [request.prompt]
+    for i, prompt in enumerate(prompts):
+        engine.check_prompt(prompt, i)
+        if len(prompt) + request.max_new_tokens > length:
+            raise ValueError(
+                f"a prompt of {len(prompt)} tokens plus {request.max_new_tokens} new ones exceeds the "
+                f"{length}-token context; shorten the prompt or ask for fewer tokens"
+            )
+    if len(prompts) > rows:
+        raise ValueError(f"a guided request needs 2 rows; this batcher has {rows}")

@@ -2,7 +2,7 @@
 
 Inside an image or video only visual codes are allowed, ``<|eol|>`` and ``<|eof|>`` are forced at
 their places, actions can be forced between frames, and a span is closed at its length, so every
-constrained span decodes. The state is kept as tensors on the device: no host syncs.
+constrained span decodes. The state is kept as tensors on the device: no host syncs while decoding.
 """
 
 from __future__ import annotations
@@ -44,6 +44,7 @@ class SpanGrammar:
         in_span_only = [*v.code_ids, self.eol, self.eof, self.close_image, self.close_video]
         self.free = ~mask([*in_span_only, self.pad, sp("<|bos|>")])
         self.only = {tok: mask([tok]) for tok in (self.eol, self.eof, self.pad, self.close_image, self.close_video)}
+        self.by_span = torch.stack([self.free, self.codes])  # (2, V): outside a span, inside one
 
     def start(
         self,
@@ -57,24 +58,41 @@ class SpanGrammar:
         self.prev = torch.full((B,), self.pad, dtype=torch.long, device=self.device)
         self.done = torch.zeros(B, dtype=torch.bool, device=self.device)
         self.video_frames, self.video_actions = video_frames, video_actions
-        for column in prompts.T:  # the state at the end of each prompt
-            self.advance(column)
+        if prompts.size(1):  # a closed span leaves the same state whatever came before it, so
+            # each row is read from its last <|/image|> or <|/video|> on (one host sync)
+            columns = torch.arange(prompts.size(1), device=self.device)
+            closed = (prompts == self.close_image) | (prompts == self.close_video)
+            last = torch.where(closed, columns, -1).amax(1, keepdim=True)  # (B, 1)
+            prompts = torch.where(columns >= last, prompts, self.pad)[:, int(last.clamp(min=0).min()) :]
+        for column in prompts.T:
+            self.advance(column)  # the state at the end of each prompt
 
     STATE = ("span", "pos", "frames", "prev", "done", "video_frames", "video_actions")
 
-    def restart(
-        self, rows: torch.Tensor, prompts: torch.Tensor, video_frames: torch.Tensor, video_actions: torch.Tensor
-    ):
-        """``start`` for ``rows`` (k,) only (continuous batching: a request takes rows of its own);
-        the other rows keep their state. Arguments as ``start``'s, k rows each."""
+    def prompt_state(
+        self, prompts: torch.Tensor, video_frames: torch.Tensor, video_actions: torch.Tensor
+    ) -> dict[str, torch.Tensor]:
+        """The state ``start`` would give k rows, as {name in ``STATE``: (k, ...)}, leaving this
+        grammar's own as it is (any thread may ask). Arguments as ``start``'s, k rows each."""
         fresh = SpanGrammar.__new__(SpanGrammar)
         fresh.__dict__.update(self.__dict__)
         fresh.start(prompts, video_frames, video_actions)
-        width = max(self.video_actions.size(1), video_actions.size(1))
+        return {name: getattr(fresh, name) for name in self.STATE}
+
+    def set_rows(self, rows: torch.Tensor, state: dict[str, torch.Tensor]) -> None:
+        """Rows (k,) take ``state`` (``prompt_state``'s, k rows: continuous batching, where a request
+        takes rows of its own); the other rows keep theirs."""
+        actions = state["video_actions"]
+        width = max(self.video_actions.size(1), actions.size(1))
         self.video_actions = F.pad(self.video_actions, (0, width - self.video_actions.size(1)), value=-1)
-        fresh.video_actions = F.pad(fresh.video_actions, (0, width - fresh.video_actions.size(1)), value=-1)
+        state = state | {"video_actions": F.pad(actions, (0, width - actions.size(1)), value=-1)}
         for name in self.STATE:
-            getattr(self, name)[rows] = getattr(fresh, name)
+            getattr(self, name)[rows] = state[name]
+
+    def move_row(self, row: int, to: int) -> None:
+        """Row ``to`` takes row ``row``'s state."""
+        for name in self.STATE:
+            getattr(self, name)[to] = getattr(self, name)[row]
 
     def advance(self, tokens: torch.Tensor) -> None:
         """Move every row's state past ``tokens`` (B,); <|pad|> leaves a state as it is."""
@@ -99,30 +117,30 @@ class SpanGrammar:
         self.done |= stopped
 
     def allowed(self) -> torch.Tensor:
-        """(B, V) bool: the ids each row may take next."""
-        B = len(self.span)
-        out = self.free.expand(B, -1)
+        """(B, V) bool: the ids each row may take next. Worked out per row on (B,) tensors, so that
+        only a few ops touch the (B, V) mask (a ``where`` over it costs ~10x an ``&``)."""
         in_span = self.span != FREE
-        out = torch.where(in_span[:, None], self.codes, out)
+        out = self.by_span[in_span.long()]  # (B, V): visual codes inside a span, free text outside
         between = (self.span == VIDEO) & (self.pos == 0) & (self.prev == self.eof)
+        ids = torch.arange(self.vocab_size, device=self.device)
         if self.video_actions.size(1):
             index = (self.frames - 1).clamp(0, self.video_actions.size(1) - 1)
             action = self.video_actions.gather(1, index[:, None]).squeeze(1)  # (B,)
             has_action = between & (self.frames <= self.video_actions.size(1)) & (action >= 0)
-            forced = torch.zeros_like(out)
-            forced[torch.arange(B, device=self.device), action.clamp(min=0)] = True
-            out = torch.where(has_action[:, None], forced, out)
-        last = between & (self.video_frames > 0) & (self.frames >= self.video_frames)
+            forced = torch.where(has_action, action, -1)
+            out = (ids == forced[:, None]) | (out & ~has_action[:, None])
         open_end = between & (self.video_frames == 0)  # the model may close the video here
         out = out | (open_end[:, None] & self.only[self.close_video])
+        last = between & (self.video_frames > 0) & (self.frames >= self.video_frames)
         eol = in_span & (self.pos < self.body) & (self.pos % self.row == self.row - 1)
-        rules = (
+        rules = (  # the one id a row must take, the last rule that holds winning
             (eol, self.eol),
             ((self.span == IMAGE) & (self.pos == self.body), self.close_image),
             ((self.span == VIDEO) & (self.pos == self.body), self.eof),
             (last, self.close_video),
             (self.done, self.pad),
         )
+        must = torch.full_like(self.span, -1)
         for where, token in rules:
-            out = torch.where(where[:, None], self.only[token], out)
-        return out
+            must = torch.where(where, token, must)
+        return (ids == must[:, None]) | (out & (must < 0)[:, None])

@@ -64,7 +64,7 @@ from ringworld.serve.protocol import (
     read_data_uri,
     video_bytes,
 )
-from ringworld.serve.worker import Busy, Worker, served
+from ringworld.serve.worker import Busy, ModelDown, Worker, served
 from ringworld.world.captions import CAPTION_PROMPT
 
 PAGE = (Path(__file__).parent / "page.html").read_text()
@@ -116,6 +116,10 @@ def make_app(wm: WorldModel, worker: Worker, *, name: str, limits: Limits = Limi
     async def apierror_body(_, e: ApiError) -> JSONResponse:
         return error_body(e.status, e.message, e.kind, e.param)
 
+    @app.exception_handler(ModelDown)
+    async def model_down(_, e: ModelDown) -> JSONResponse:
+        return error_body(503, str(e), "server_error")
+
     @app.exception_handler(RequestValidationError)
     async def invalid(_, e: RequestValidationError) -> JSONResponse:
         first = e.errors()[0]
@@ -153,7 +157,9 @@ def make_app(wm: WorldModel, worker: Worker, *, name: str, limits: Limits = Limi
         return PAGE.replace('"MODEL"', json.dumps(name))
 
     @app.get("/health")
-    async def health() -> dict:
+    async def health():
+        if worker.down is not None:
+            return error_body(503, worker.down, "server_error")
         return {"status": "ok", "model": name, "in_flight": worker.held}
 
     @app.get("/v1/models")
@@ -173,7 +179,7 @@ def make_app(wm: WorldModel, worker: Worker, *, name: str, limits: Limits = Limi
         sampling = Sampling(temperature=body.temperature, top_p=body.top_p, seed=body.seed or 0)
         request = Request(prompt, max_new_tokens=budget, sampling=sampling)
         try:
-            worker.batcher.check(request)  # before a stream starts: its status is still ours to set
+            worker.check(request)  # before a stream starts: its status is still ours to set
         except ValueError as e:
             raise ApiError(400, str(e)) from e
         rid, created = f"chatcmpl-{uuid.uuid4().hex[:24]}", int(time.time())

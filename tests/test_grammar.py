@@ -1,0 +1,74 @@
+"""Constrained decoding's grammar against a plain reference: the rules written out row by row."""
+
+import pytest
+import torch
+
+from ringworld.infer.grammar import FREE, IMAGE, VIDEO, SpanGrammar
+from ringworld.tokens.bundle import load_codec
+
+
+@pytest.fixture(scope="module")
+def codec(world_tokenizer_dir):
+    return load_codec(world_tokenizer_dir)
+
+
+def _reference_allowed(g: SpanGrammar, b: int) -> torch.Tensor:
+    """Row ``b``'s allowed ids, rule by rule as the module's docstring says, one row at a time."""
+    span, pos, frames, prev = (int(getattr(g, name)[b]) for name in ("span", "pos", "frames", "prev"))
+    video_frames, actions = int(g.video_frames[b]), g.video_actions[b].tolist()
+
+    def only(token: int) -> torch.Tensor:
+        m = torch.zeros(g.vocab_size, dtype=torch.bool)
+        m[token] = True
+        return m
+
+    allowed = (g.codes if span != FREE else g.free).clone()
+    between = span == VIDEO and pos == 0 and prev == g.eof
+    if between and actions and frames <= len(actions) and actions[max(0, min(frames - 1, len(actions) - 1))] >= 0:
+        allowed = only(actions[max(0, min(frames - 1, len(actions) - 1))])
+    if between and video_frames == 0:
+        allowed[g.close_video] = True
+    forced = None
+    if span != FREE and pos < g.body and pos % g.row == g.row - 1:
+        forced = g.eol
+    if span == IMAGE and pos == g.body:
+        forced = g.close_image
+    if span == VIDEO and pos == g.body:
+        forced = g.eof
+    if between and video_frames > 0 and frames >= video_frames:
+        forced = g.close_video
+    if bool(g.done[b]):
+        forced = g.pad
+    return allowed if forced is None else only(forced)
+
+
+def test_allowed_ids_and_states_follow_the_rules_row_by_row(codec):
+    """Random token streams, mostly following the grammar: after each token every row's mask is the
+    reference's, and ``start`` on a prompt (which reads it from its last closed span) leaves the
+    state that advancing through every token of it leaves."""
+    v, sp = codec.vocab, codec.vocab.special
+    g, stepped = SpanGrammar(codec), SpanGrammar(codec)
+    gen = torch.Generator().manual_seed(0)
+    spans = ["<|image|>", "<|/image|>", "<|video|>", "<|/video|>", "<|eol|>", "<|eof|>", "<|pad|>", "<|bos|>"]
+    pool = torch.tensor([sp(t) for t in spans] * 6 + list(v.code_ids)[:20] + list(v.action_ids) + [5, 6, 7])
+    B = 16
+    for _ in range(12):
+        L = int(torch.randint(1, 40, (), generator=gen))
+        prompts = pool[torch.randint(len(pool), (B, L), generator=gen)]
+        frames = torch.randint(0, 4, (B,), generator=gen)
+        actions = torch.tensor(list(v.action_ids))[torch.randint(len(v.action_ids), (B, 3), generator=gen)]
+        actions[torch.rand(B, 3, generator=gen) < 0.3] = -1
+        g.start(prompts, frames, actions)
+        stepped.start(prompts[:, :0], frames, actions)
+        for column in prompts.T:
+            stepped.advance(column)
+        for name in SpanGrammar.STATE:
+            assert torch.equal(getattr(g, name), getattr(stepped, name)), name
+        for step in range(24):
+            if step == 11:
+                g.stop(torch.rand(B, generator=gen) < 0.2)
+            allowed = g.allowed()
+            for b in range(B):
+                assert torch.equal(allowed[b], _reference_allowed(g, b)), (b, step)
+            off_grammar = torch.rand(B, 1, generator=gen) < 0.1
+            g.advance(torch.multinomial(allowed.float() + off_grammar, 1, generator=gen).squeeze(1))
