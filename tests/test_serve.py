@@ -275,3 +275,10 @@ def test_the_model_in_a_process_of_its_own_serves_and_its_end_is_a_503(tiny_run,
         assert status(live.url + "/health") == 503
     finally:
         live.close()
+
+
+def test_a_model_process_that_cannot_start_says_why_in_one_line(tiny_run, wm):
+    from ringworld.serve.worker import ProcessWorker
+
+    with pytest.raises(ChildProcessError, match="the model's process did not start: .*nonsense"):
+        ProcessWorker(tiny_run, wm.engine, device="nonsense", compile=False)

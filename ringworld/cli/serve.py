@@ -20,6 +20,7 @@ def add_parsers(commands) -> None:
         "/v1/images/generations, /v1/videos (then GET /v1/videos/ID/content) and /v1/world/rollout (frames "
         "and actions or steps in, predicted frames out). Requests from every client are decoded together in one batch "
         "(continuous batching): each joins the running batch when it arrives and leaves when it is done. "
+        "The model decodes in a process of its own, started before the server listens. "
         "Binds to 127.0.0.1 unless --host says otherwise.",
     )
     serve.add_argument("--checkpoint", type=Path, required=True, help="a run directory or a checkpoint")
@@ -35,7 +36,7 @@ def add_parsers(commands) -> None:
         action=argparse.BooleanOptionalAction,
         default=True,
         help="decode with compiled steps, compiled before serving starts (20-40 s on a 2-core CPU); then "
-        "1.8x the tokens/s for one client at a time and 1.05-1.4x at 32 clients on the demo model "
+        "about 2x the tokens/s for one client at a time and 1.15-1.25x at 32 clients on the demo model "
         "(docs/results.md); --no-compile serves at once (default: on)",
     )
     serve.add_argument(
