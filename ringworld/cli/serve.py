@@ -81,7 +81,7 @@ def _serve(args: argparse.Namespace) -> None:
         compile=args.compile,
         max_requests=args.max_requests,
     )
-    print(f"the model is ready in {worker.warm_up_s:.0f} s", flush=True)
+    print(f"the model is ready in {worker.start_s:.1f} s", flush=True)
     limits = Limits(max_body_bytes=int(args.max_body_mb * 2**20), max_tokens=args.max_tokens, timeout_s=args.timeout)
     app = make_app(wm, worker, name=args.name, limits=limits)
     print(f"serving {wm.checkpoint} as {args.name!r} on http://{args.host}:{args.port}")

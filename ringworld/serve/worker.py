@@ -248,9 +248,10 @@ class ProcessWorker(Worker):
         self.process.start()
         theirs.close()
         try:
-            said, self.warm_up_s = self.conn.recv()
+            said, self.start_s = self.conn.recv()  # "ready" and the seconds it took, or what went wrong
         except EOFError:
-            said, self.warm_up_s = f"it exited with code {self.process.join(5) or self.process.exitcode}", None
+            self.process.join(5)
+            said, self.start_s = f"it exited with code {self.process.exitcode}", None
         if said != "ready":
             self.process.kill()
             raise ChildProcessError(f"the model's process did not start: {said}")
