@@ -37,7 +37,7 @@ def add_parsers(commands) -> None:
         default=True,
         help="decode with compiled steps, compiled before serving starts (20-40 s on a 2-core CPU); then "
         "about 2x the tokens/s for one client at a time and 1.15-1.25x at 32 clients on the demo model "
-        "(docs/results.md); --no-compile serves at once (default: on)",
+        "(docs/results.md); --no-compile serves as soon as the model is loaded (default: on)",
     )
     serve.add_argument(
         "--max-requests",
