@@ -8,8 +8,10 @@ The server runs as a user runs it (`ringworld serve`, a process of its own on a 
 the clients are threads of this process, each with the official `openai` client, sending a mix of
 requests: a question about a world image, a caption of one, a text question, and a drawn image
 (guided, 2 cache rows). With C clients, each sends its share of the same request list back to back;
-one at a time is C = 1. Tokens are completion tokens as the server reports them (``usage``).
-Latency is per request, from sending to the whole reply.
+one at a time is C = 1. The levels take turns, ``--rounds`` times (1, 8, 32, 1, 8, 32): the
+machine's speed drifts by tens of percent over a minute here, and turns weigh that on every level
+alike. Tokens are completion tokens as the server reports them (``usage``). Latency is per
+request, from sending to the whole reply.
 
 The load test keeps 32 clients busy for ``--load-seconds`` (each going round the whole mix), counts
 replies by HTTP status, and gives the steady state's tokens/s against one at a time.
@@ -90,22 +92,39 @@ def send(client, kind: str, args: dict) -> tuple[int, float, int]:
         return 0, time.perf_counter() - start, e.status_code
 
 
-def measure(client, requests: list[tuple[str, dict]], clients: int) -> dict:
+def send_all(client, requests: list[tuple[str, dict]], clients: int) -> tuple[list[tuple[int, float, int]], float]:
+    """Every request sent by ``clients`` clients at once: each one's ``send`` result, and the seconds taken."""
     start = time.perf_counter()
     with ThreadPoolExecutor(clients) as pool:
         results = list(pool.map(lambda r: send(client, *r), requests))
-    seconds = time.perf_counter() - start
+    return results, time.perf_counter() - start
+
+
+def summarize(clients: int, results: list[tuple[int, float, int]], seconds: float) -> dict:
     latencies = sorted(s for _, s, _ in results)
     return {
         "clients": clients,
-        "requests": len(requests),
+        "requests": len(results),
         "seconds": seconds,
-        "requests_per_s": len(requests) / seconds,
+        "requests_per_s": len(results) / seconds,
         "tokens_per_s": sum(t for t, _, _ in results) / seconds,
         "p50_ms": 1e3 * statistics.median(latencies),
         "p99_ms": 1e3 * latencies[min(len(latencies) - 1, int(0.99 * len(latencies)))],
         "errors": dict(Counter(code for _, _, code in results if code != 200)),
     }
+
+
+def measure_levels(client, requests: list[tuple[str, dict]], levels: tuple[int, ...], rounds: int) -> list[dict]:
+    """Each level's figures over ``rounds`` sendings of ``requests``, the levels taking turns in every
+    round, so that a change in the machine's speed during the run weighs on every level alike."""
+    results: dict[int, list] = {c: [] for c in levels}
+    seconds = dict.fromkeys(levels, 0.0)
+    for _ in range(rounds):
+        for c in levels:
+            done, took = send_all(client, requests, c)
+            results[c] += done
+            seconds[c] += took
+    return [summarize(c, results[c], seconds[c]) for c in levels]
 
 
 def load(client, seconds: float, clients: int) -> tuple[Counter, int]:
@@ -133,6 +152,12 @@ def main() -> None:
     parser.add_argument("--checkpoint", type=Path, default=Path("runs/demo/model"), help="the run to serve")
     parser.add_argument(
         "--requests", type=int, default=256, help="requests per concurrency level (default: 256, 8 per client at 32)"
+    )
+    parser.add_argument(
+        "--rounds",
+        type=int,
+        default=2,
+        help="rounds of every level in turn (1, 8, 32, 1, 8, 32, ...); a level's figures are over all (default: 2)",
     )
     parser.add_argument("--load-seconds", type=float, default=60.0, help="the sustained load test (0: skip)")
     parser.add_argument("--rows", type=int, default=32, help="the server's --rows")
@@ -163,10 +188,13 @@ def main() -> None:
                 time.sleep(0.2)
         client = openai.OpenAI(base_url=url + "/v1", api_key="unused", max_retries=0, timeout=600)
         requests = workload(args.requests)
-        measure(client, requests[:8], 8)  # warm up
-        rows = [measure(client, requests, c) for c in (1, 8, 32)]
+        send_all(client, requests[:8], 8)  # warm up
+        rows = measure_levels(client, requests, (1, 8, 32), args.rounds)
         mix = "ask, caption, text, draw in turn"
-        print(f"\n{args.checkpoint}, {args.requests} requests ({mix}), server --rows {args.rows}\n")
+        print(
+            f"\n{args.checkpoint}, {args.requests} requests ({mix}) a level in each of {args.rounds} rounds, "
+            f"server --rows {args.rows}\n"
+        )
         print("| clients | requests/s | tokens/s | p50 ms | p99 ms | errors | ÷ one at a time (tokens/s) |")
         print("|---|---|---|---|---|---|---|")
         for r in rows:

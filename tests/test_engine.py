@@ -6,7 +6,7 @@ import torch
 
 from ringworld.documents import Image, Text, Video
 from ringworld.infer.engine import Engine
-from ringworld.infer.sampling import GREEDY, Sampling, guide, sample
+from ringworld.infer.sampling import GREEDY, Sampling, guide, sample, sample_rows
 from ringworld.model.transformer import ModelConfig, Transformer
 from ringworld.tokens.bundle import load_codec
 from ringworld.tokens.parse import MalformedTokens
@@ -149,6 +149,24 @@ def test_sampling_respects_top_k_top_p_and_seed():
     assert sample(logits[:3], GREEDY).tolist() == [0, 0, 0]
     with pytest.raises(ValueError, match="top_p"):
         Sampling(top_p=0)
+
+
+def test_rows_sampled_together_draw_what_each_draws_alone():
+    """``sample_rows`` (the batcher's pick) gives every row the id ``sample`` gives it alone, with
+    its own settings and generator; an id of probability 0 is never drawn."""
+    gen = torch.Generator().manual_seed(0)
+    logits = 3 * torch.randn(12, 50, generator=gen)
+    logits[:, :10] = float("-inf")  # masked, as the grammar masks
+    settings = [Sampling(temperature=1.0), Sampling(temperature=0.7, top_p=0.9), Sampling(temperature=1.3, top_k=5)]
+    samplings = [settings[i % 3] for i in range(12)]
+    together = [torch.Generator().manual_seed(i) for i in range(12)]
+    alone = [torch.Generator().manual_seed(i) for i in range(12)]
+    for _ in range(30):
+        ids = sample_rows(logits, samplings, together)
+        assert torch.equal(ids, torch.cat([sample(logits[i : i + 1], samplings[i], alone[i]) for i in range(12)]))
+        assert (ids >= 10).all()
+    zero_first = torch.log(torch.tensor([[0.0, 0.0, 1.0, 0.0]]))  # a uniform draw of 0 still picks id 2
+    assert sample(zero_first.repeat(100, 1), Sampling(), gen).tolist() == [2] * 100
 
 
 def test_same_seed_same_samples_and_bad_prompts_are_refused(engine, codec):

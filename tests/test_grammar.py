@@ -44,7 +44,7 @@ def _reference_allowed(g: SpanGrammar, b: int) -> torch.Tensor:
 
 def test_allowed_ids_and_states_follow_the_rules_row_by_row(codec):
     """Random token streams, mostly following the grammar: after each token every row's mask is the
-    reference's, and ``start`` on a prompt (which reads it from its last closed span) leaves the
+    reference's, and ``start`` on a prompt (which reads it from its last opened span, or its last token) leaves the
     state that advancing through every token of it leaves."""
     v, sp = codec.vocab, codec.vocab.special
     g, stepped = SpanGrammar(codec), SpanGrammar(codec)

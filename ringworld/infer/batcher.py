@@ -40,7 +40,7 @@ import torch
 from ringworld.infer.compiled import GEMV_ROWS, decode_compile, prompt_compile
 from ringworld.infer.engine import Engine, pad_actions
 from ringworld.infer.grammar import SpanGrammar
-from ringworld.infer.sampling import GREEDY, Sampling, guide, sample
+from ringworld.infer.sampling import GREEDY, Sampling, guide, sample_rows
 from ringworld.model.transformer import KVCache
 
 
@@ -315,9 +315,10 @@ class Batcher:
         allowed = self.grammar.allowed()[cond] | ~constrained[:, None]
         logits = logits.masked_fill(~allowed, float("-inf"))
         tokens = logits.argmax(-1)  # (k,)
-        for i, run in enumerate(runs):
-            if run.generator is not None:
-                tokens[i] = sample(logits[i : i + 1], run.request.sampling, run.generator)[0]
+        sampled = [i for i, run in enumerate(runs) if run.generator is not None]
+        if sampled:
+            samplings = [runs[i].request.sampling for i in sampled]
+            tokens[sampled] = sample_rows(logits[sampled], samplings, [runs[i].generator for i in sampled])
         fed = torch.full((len(self.at),), self.codec.vocab.special("<|pad|>"), device=device)
         fed[cond] = tokens
         self.grammar.advance(fed)  # <|pad|> leaves the other rows as they are

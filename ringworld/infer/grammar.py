@@ -58,12 +58,15 @@ class SpanGrammar:
         self.prev = torch.full((B,), self.pad, dtype=torch.long, device=self.device)
         self.done = torch.zeros(B, dtype=torch.bool, device=self.device)
         self.video_frames, self.video_actions = video_frames, video_actions
-        if prompts.size(1):  # a closed span leaves the same state whatever came before it, so
-            # each row is read from its last <|/image|> or <|/video|> on (one host sync)
+        if prompts.size(1):  # a span's opening token leaves the same state whatever came before it,
+            # and outside a span only the last token counts; so a row inside an open span is read from
+            # its opening token on, any other from its last token but <|pad|> (one host sync)
             columns = torch.arange(prompts.size(1), device=self.device)
-            closed = (prompts == self.close_image) | (prompts == self.close_video)
-            last = torch.where(closed, columns, -1).amax(1, keepdim=True)  # (B, 1)
-            prompts = torch.where(columns >= last, prompts, self.pad)[:, int(last.clamp(min=0).min()) :]
+            opened = torch.where((prompts == self.open_image) | (prompts == self.open_video), columns, -1).amax(1)
+            closed = torch.where((prompts == self.close_image) | (prompts == self.close_video), columns, -1).amax(1)
+            last = torch.where(prompts != self.pad, columns, 0).amax(1)
+            first = torch.where(opened > closed, opened, last)[:, None]  # (B, 1)
+            prompts = torch.where(columns >= first, prompts, self.pad)[:, int(first.min()) :]
         for column in prompts.T:
             self.advance(column)  # the state at the end of each prompt
 

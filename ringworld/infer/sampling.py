@@ -31,10 +31,9 @@ class Sampling:
 GREEDY = Sampling(temperature=0.0)
 
 
-def sample(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator | None = None) -> torch.Tensor:
-    """logits (B, V) -> ids (B,). Disallowed ids carry -inf and are never picked."""
-    if sampling.temperature == 0:
-        return logits.argmax(-1)
+def probabilities(logits: torch.Tensor, sampling: Sampling) -> torch.Tensor:
+    """logits (B, V) -> (B, V) the distribution ``sampling`` draws from: temperature-scaled, cut to
+    its top-k and top-p. Disallowed ids (-inf) get 0."""
     logits = logits.float() / sampling.temperature
     if sampling.top_k:
         kth = logits.topk(min(sampling.top_k, logits.size(-1)), dim=-1).values[:, -1:]  # (B, 1)
@@ -45,7 +44,41 @@ def sample(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator 
         # drop an id once the mass before it already reaches top_p (the most likely id always stays)
         drop = probs.cumsum(-1) - probs >= sampling.top_p
         logits = logits.scatter(-1, order, sorted_logits.masked_fill(drop, float("-inf")))
-    return torch.multinomial(logits.softmax(-1), 1, generator=generator).squeeze(-1)
+    return logits.softmax(-1)
+
+
+def draw(probs: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
+    """One id per row of probs (B, V), by inverting its cumulative distribution at uniform (B,) in
+    [0, 1): id i comes with probability p_i, and an id of probability 0 never does."""
+    cdf = probs.cumsum(-1)  # (B, V)
+    ids = torch.searchsorted(cdf, uniform[:, None] * cdf[:, -1:], right=True).squeeze(-1)
+    return ids.clamp(max=probs.size(-1) - 1)  # float rounding at the top end
+
+
+def sample(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator | None = None) -> torch.Tensor:
+    """logits (B, V) -> ids (B,), one uniform draw of ``generator`` per row. Disallowed ids carry
+    -inf and are never picked."""
+    if sampling.temperature == 0:
+        return logits.argmax(-1)
+    probs = probabilities(logits, sampling)
+    return draw(probs, torch.rand(len(probs), generator=generator, device=probs.device))
+
+
+def sample_rows(logits: torch.Tensor, samplings: list[Sampling], generators: list[torch.Generator]) -> torch.Tensor:
+    """logits (k, V) -> ids (k,), row i sampled with its own ``samplings[i]`` (temperature > 0) and
+    ``generators[i]``: the ids ``sample`` gives each row alone, in a few batched ops (rows sharing
+    settings share them)."""
+    groups: dict[tuple, list[int]] = {}
+    for i, s in enumerate(samplings):
+        groups.setdefault((s.temperature, s.top_k, s.top_p), []).append(i)
+    if len(groups) == 1:
+        probs = probabilities(logits, samplings[0])
+    else:
+        probs = torch.empty_like(logits, dtype=torch.float32)
+        for rows in groups.values():
+            probs[rows] = probabilities(logits[rows], samplings[rows[0]])
+    uniform = torch.cat([torch.rand(1, generator=g, device=probs.device) for g in generators])
+    return draw(probs, uniform)
 
 
 def guide(cond: torch.Tensor, uncond: torch.Tensor, scale: float | torch.Tensor) -> torch.Tensor:
