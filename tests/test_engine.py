@@ -6,7 +6,7 @@ import torch
 
 from ringworld.documents import Image, Text, Video
 from ringworld.infer.engine import Engine
-from ringworld.infer.sampling import GREEDY, Sampling, guide, sample, sample_rows
+from ringworld.infer.sampling import GREEDY, Sampling, draw, guide, sample, sample_rows
 from ringworld.model.transformer import ModelConfig, Transformer
 from ringworld.tokens.bundle import load_codec
 from ringworld.tokens.parse import MalformedTokens
@@ -167,6 +167,8 @@ def test_rows_sampled_together_draw_what_each_draws_alone():
         assert (ids >= 10).all()
     zero_first = torch.log(torch.tensor([[0.0, 0.0, 1.0, 0.0]]))  # a uniform draw of 0 still picks id 2
     assert sample(zero_first.repeat(100, 1), Sampling(), gen).tolist() == [2] * 100
+    # u * total rounded up to the total: the last id with mass, not the masked one after it
+    assert draw(torch.tensor([[0.3, 0.7, 0.0]]), torch.tensor([1.0])).tolist() == [1]
 
 
 def test_same_seed_same_samples_and_bad_prompts_are_refused(engine, codec):

@@ -52,7 +52,9 @@ def draw(probs: torch.Tensor, uniform: torch.Tensor) -> torch.Tensor:
     [0, 1): id i comes with probability p_i, and an id of probability 0 never does."""
     cdf = probs.cumsum(-1)  # (B, V)
     ids = torch.searchsorted(cdf, uniform[:, None] * cdf[:, -1:], right=True).squeeze(-1)
-    return ids.clamp(max=probs.size(-1) - 1)  # float rounding at the top end
+    # u * total may round up to total: then the last id with any mass, not one past it
+    last = torch.where(probs > 0, torch.arange(probs.size(-1), device=probs.device), -1).amax(-1)
+    return torch.minimum(ids, last)
 
 
 def sample(logits: torch.Tensor, sampling: Sampling, generator: torch.Generator | None = None) -> torch.Tensor:
