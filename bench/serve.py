@@ -41,6 +41,7 @@ from pathlib import Path
 import numpy as np
 from PIL import Image as PILImage
 
+from ringworld.cli.common import positive_int
 from ringworld.world.sim import random_state, render
 
 
@@ -151,11 +152,14 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", type=Path, default=Path("runs/demo/model"), help="the run to serve")
     parser.add_argument(
-        "--requests", type=int, default=256, help="requests per concurrency level (default: 256, 8 per client at 32)"
+        "--requests",
+        type=positive_int,
+        default=256,
+        help="requests per concurrency level in each round (default: 256, 8 per client at 32)",
     )
     parser.add_argument(
         "--rounds",
-        type=int,
+        type=positive_int,
         default=2,
         help="rounds of every level in turn (1, 8, 32, 1, 8, 32, ...); a level's figures are over all (default: 2)",
     )
