@@ -28,6 +28,11 @@ TITLES = {
     "qa": ("Questions", "qa_accuracy"),
 }
 
+JUDGED = (
+    "✓ when one world consistent with what the model was shown explains every frame of the clip; "
+    "a ✗ card names the first frame and object that no such world explains."
+)
+
 STYLE = """
 body { font-family: system-ui, sans-serif; margin: 2em; color: #222; max-width: 1200px; }
 table { border-collapse: collapse; margin: 0.5em 0 1.5em; }
@@ -60,6 +65,8 @@ def write_report(directory: str | Path, evaluation: Evaluation, *, run: str | Pa
         value = evaluation.metrics.get(key)
         figure = ", ".join(f"{v:.3f}" for v in value) if isinstance(value, list) else f"{value:.3f}"
         parts.append(f"<h2>{html.escape(title)}</h2><p>{key}: <b>{figure}</b></p>")
+        if "broke" in shown:
+            parts.append(f"<p>{JUDGED}</p>")
         parts.append(_cards(task, shown, media))
     page = directory / "report.html"
     atomic_write_text(page, "\n".join(parts) + "\n")
@@ -106,17 +113,18 @@ def _cards(task: str, shown: dict, media: Path) -> str:
             cards.append(_card(files, shown["captions"][i] or "(nothing)", shown["correct"][i]))
         elif task == "text_to_video":
             files = [_save_gif(media, f"t2v_{i}.gif", shown["videos"][i])]
-            cards.append(_card(files, shown["prompts"][i], shown["correct"][i]))
+            cards.append(_card(files, _broke(shown["prompts"][i], shown, i), shown["correct"][i]))
         elif task == "predict":
             made = np.concatenate([shown["context"][i], shown["predicted"][i]])
             real = np.concatenate([shown["context"][i], shown["truth"][i]])
             files = [_save_gif(media, f"predict_{i}.gif", made), _save_gif(media, f"predict_{i}_truth.gif", real)]
-            cards.append(_card(files, "model (top), truth (bottom)"))
+            cards.append(_card(files, _broke("model (top), one true world (bottom)", shown, i), shown["correct"][i]))
         elif task == "act":
             made = np.concatenate([shown["start"][i][None], shown["predicted"][i]])
             real = np.concatenate([shown["start"][i][None], shown["truth"][i]])
             files = [_save_gif(media, f"act_{i}.gif", made), _save_gif(media, f"act_{i}_truth.gif", real)]
-            cards.append(_card(files, "actions: " + ", ".join(shown["actions"][i]) + " — model (top), truth"))
+            text = "actions: " + ", ".join(shown["actions"][i]) + " — model (top), one true world"
+            cards.append(_card(files, _broke(text, shown, i), shown["correct"][i]))
         elif task == "qa":
             seen = shown["media"][i]
             files = [
@@ -125,6 +133,11 @@ def _cards(task: str, shown: dict, media: Path) -> str:
             text = f"{shown['questions'][i]} → {shown['answers'][i] or '(nothing)'} (truth: {shown['truth'][i]})"
             cards.append(_card(files, text, shown["correct"][i]))
     return "<div class='grid'>" + "".join(cards) + "</div>"
+
+
+def _broke(text: str, shown: dict, i: int) -> str:
+    """``text``, and for a wrong clip the first frame and object that no consistent world explains."""
+    return f"{text} — broke at {shown['broke'][i]}" if shown["broke"][i] else text
 
 
 def _count(shown: dict) -> int:
@@ -190,14 +203,16 @@ def _horizon_plot(metrics: dict, out: Path) -> Path:
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
+    from matplotlib.ticker import MaxNLocator
 
     fig, ax = plt.subplots(figsize=(6, 3.6), dpi=100)
     for key, label in (
         ("predict_accuracy", "prediction (no actions)"),
-        ("action_accuracy_per_step", "agent under actions"),
+        ("action_accuracy_per_step", "under actions"),
     ):
         values = metrics.get(key) or []
         ax.plot(range(1, len(values) + 1), values, marker="o", label=label)
+    ax.xaxis.set_major_locator(MaxNLocator(integer=True))  # steps are whole
     ax.set_xlabel("rollout step")
     ax.set_ylabel("accuracy (oracle)")
     ax.set_ylim(0, 1.02)

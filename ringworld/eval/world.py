@@ -4,12 +4,18 @@
 | ---------------- | ----------------------------------- | ----------------------------------------------- |
 | t2i_accuracy     | draw a caption                      | every object: colour, shape, region; no extra   |
 | caption_accuracy | caption a rendered frame            | exactly the scene's objects, each in its region |
-| t2v_accuracy     | a video of a caption with motion    | frame 0 as t2i, the same objects in every frame, |
-|                  |                                     | each first move in the true direction           |
-| predict_accuracy | frames after 2 real ones, per step  | step k's frame parses to the true state (±1 px) |
-| action_accuracy  | one frame after each action         | the agent where the actions put it (±1 px)      |
+| t2v_accuracy     | a video of a caption with motion    | frame 0 as t2i; every later frame the world's   |
+|                  |                                     | rollout of frame 0 as drawn, at the caption's   |
+|                  |                                     | motion                                          |
+| predict_accuracy | frames after 2 real ones, per step  | the clip up to step k follows one world that    |
+|                  |                                     | the 2 frames allow                              |
+| action_accuracy  | one frame after each action         | the whole clip follows one world that frame 0   |
+|                  |                                     | allows (any agent, any velocities); per step too |
 | qa_accuracy      | a question about an image or video  | the answer equals the true one                  |
 
+Prediction, actions and text->video are judged against every world consistent with what the
+model was shown (``ringworld.world.consistent``), not against the one the episode was sampled
+from; ``*_hidden_share`` says in how many episodes the context leaves the future open.
 Plus perplexity of text and vision targets on held-out packed documents, and the tokenizer's PSNR.
 Every task draws ``samples`` episodes from seeds training never uses, the same ones each run.
 """
@@ -21,6 +27,7 @@ from dataclasses import asdict, dataclass, field, replace
 
 import numpy as np
 import torch
+from tqdm.auto import tqdm
 
 from ringworld.data.sources import WorldSource
 from ringworld.eval.tokenizer import evaluate_vision
@@ -37,8 +44,9 @@ from ringworld.infer.tasks import (
     rollout,
 )
 from ringworld.train.loss import modality_counts, modality_sums, per_modality_means
-from ringworld.world.captions import direction, parse_caption, region
-from ringworld.world.oracle import parse_frames, score
+from ringworld.world.captions import parse_caption, region
+from ringworld.world.consistent import Unknowns, Verdict, check_judgeable, hides_something, judge
+from ringworld.world.oracle import Seen, parse_frames
 from ringworld.world.sim import Obj, State, WorldConfig
 from ringworld.world.tasks import TaskConfig, TaskSample, sample_task
 
@@ -61,15 +69,27 @@ def _as_obj(seen) -> Obj:
     return Obj(seen.color, seen.shape, seen.x, seen.y)
 
 
-def scene_matches(seen: list, objects: tuple[Obj, ...], world: WorldConfig) -> bool:
-    """The parse shows exactly these objects (colour, shape), each in its region of the 3x3 grid."""
+def scene_mismatch(seen: list[Seen], objects: tuple[Obj, ...], world: WorldConfig) -> str | None:
+    """How a parse differs from a scene asked for by colour, shape and region of the 3x3 grid (the
+    first object that does), or None when it shows exactly these objects."""
     by_color = {s.color: s for s in seen}
-    if set(by_color) != {o.color for o in objects}:
-        return False
-    return all(
-        by_color[o.color].shape == o.shape and region(_as_obj(by_color[o.color]), world) == region(o, world)
-        for o in objects
-    )
+    for o in objects:
+        name = f"the {o.color} {o.shape}"
+        s = by_color.get(o.color)
+        if s is None:
+            return f"{name} is missing"
+        if s.shape != o.shape:
+            return f"{name} is drawn as a {s.shape}"
+        if region(_as_obj(s), world) != region(o, world):
+            return f"{name} is in the {' '.join(region(_as_obj(s), world))}, not the {' '.join(region(o, world))}"
+    colors = {o.color for o in objects}
+    extra = [s for s in seen if s.color not in colors]
+    return f"an extra {extra[0].color} {extra[0].shape}" if extra else None
+
+
+def scene_matches(seen: list[Seen], objects: tuple[Obj, ...], world: WorldConfig) -> bool:
+    """The parse shows exactly these objects (colour, shape), each in its region of the 3x3 grid."""
+    return scene_mismatch(seen, objects, world) is None
 
 
 def caption_matches(text: str, state: State) -> bool:
@@ -79,34 +99,28 @@ def caption_matches(text: str, state: State) -> bool:
     return said == truth
 
 
-def video_matches(frames: np.ndarray, states: list[State], world: WorldConfig) -> bool:
-    """Frame 0 shows the caption's scene, every frame the same objects, and each object's first
-    move goes the way the true first move does (a bounce included)."""
+def _snapped(seen: Seen, world: WorldConfig) -> Obj:
+    """A drawn object on the world's lattice, where the simulator can move it."""
+    g, top = world.grid, world.max_position
+    return Obj(seen.color, seen.shape, min(max(round(seen.x / g) * g, 0), top), min(max(round(seen.y / g) * g, 0), top))
+
+
+def judge_video(frames: np.ndarray, start: State, world: WorldConfig) -> Verdict:
+    """A text->video clip (T, H, W, 3) for a caption of ``start``'s objects and motion: frame 0 shows
+    the caption's scene, and frames 1.. follow the world from frame 0 as drawn, each object
+    moving the caption's way (at any speed the world allows)."""
     parsed = parse_frames(frames, world)
-    if not scene_matches(parsed[0], states[0].objects, world):
-        return False
-    kinds = {(o.color, o.shape) for o in states[0].objects}
-    if any({(s.color, s.shape) for s in p} != kinds for p in parsed):
-        return False
-    first, second = ({s.color: s for s in p} for p in parsed[:2])
-    for before, after in zip(states[0].objects, states[1].objects, strict=True):
-        moved = Obj(
-            "", "", 0, 0, second[before.color].x - first[before.color].x, second[before.color].y - first[before.color].y
-        )
-        truth = Obj("", "", 0, 0, after.x - before.x, after.y - before.y)
-        if direction(moved) != direction(truth):
-            return False
-    return True
+    wrong = scene_mismatch(parsed[0], start.objects, world)
+    if wrong is not None:
+        return Verdict(len(frames) - 1, 0, f"frame 0: {wrong}")
+    drawn = {s.color: s for s in parsed[0]}
+    objects = [_snapped(drawn[o.color], world) for o in start.objects]
+    unknowns = Unknowns.from_directions(objects, [(o.vx, o.vy) for o in start.objects], world)
+    return judge(unknowns, parsed[1:])
 
 
-def agent_at(seen: list, agent: Obj, tolerance: int = 1) -> bool:
-    return any(
-        s.color == agent.color
-        and s.shape == agent.shape
-        and abs(s.x - agent.x) <= tolerance
-        and abs(s.y - agent.y) <= tolerance
-        for s in seen
-    )
+def _seen_objects(seen: list[Seen]) -> list[Obj]:
+    return [_as_obj(s) for s in seen]
 
 
 def _mean(flags) -> float:
@@ -139,41 +153,49 @@ def evaluate(
 ) -> Evaluation:
     """Every metric of the module docstring on ``samples`` held-out episodes per task; prediction
     and action rollouts go ``horizon`` steps (past the trained video length, the window slides)."""
+    evaluation = judge_tasks(
+        wm, samples=samples, horizon=horizon, guidance=guidance, sampling=sampling, seed=seed, progress=progress
+    )
+    cfg = TaskConfig(world=wm.world, video_frames=wm.video_frames)
+    evaluation.metrics.update(perplexity(wm, cfg, seed=seed))
+    evaluation.metrics["tokenizer_psnr"] = evaluate_vision(wm.codec.vision, wm.world, psnr_frames)["psnr"]
+    evaluation.metrics["eval_samples_per_task"] = samples
+    evaluation.metrics["drawing"] = asdict(sampling) | {"guidance": guidance}  # how images and videos were sampled
+    return evaluation
+
+
+def judge_tasks(
+    wm: WorldModel,
+    *,
+    samples: int = 100,
+    horizon: int = 4,
+    guidance: float = DEFAULT_GUIDANCE,
+    sampling: Sampling = DRAWING,
+    seed: int = EVAL_SEED,
+    progress: bool = True,
+) -> Evaluation:
+    """The oracle-judged tasks alone (``evaluate`` without perplexity and PSNR): what any object
+    shaped like ``WorldModel`` can be held to, a trained model or a stand-in."""
     world = wm.world
+    check_judgeable(world)
     cfg = TaskConfig(world=world, video_frames=wm.video_frames)
     frames = {"predict": CONTEXT_FRAMES + horizon, "act": 1 + horizon}
-    metrics: dict = {}
-    examples: dict = {}
-    steps = [
-        ("text_to_image", _t2i),
-        ("image_to_text", _caption),
-        ("text_to_video", _t2v),
-        ("predict", _predict),
-        ("act", _act),
-        ("qa", _qa),
-    ]
-    bar = None
-    if progress:
-        from tqdm.auto import tqdm
-
-        bar = tqdm(total=len(steps) + 1, desc="eval", unit="task")
-    for task, run in steps:
-        if bar is not None:
-            bar.set_postfix_str(task)
+    tasks = {
+        "text_to_image": _t2i,
+        "image_to_text": _caption,
+        "text_to_video": _t2v,
+        "predict": _predict,
+        "act": _act,
+        "qa": _qa,
+    }
+    evaluation = Evaluation({})
+    for task, run in (bar := tqdm(tasks.items(), desc="eval", unit="task", disable=not progress)):
+        bar.set_postfix_str(task)
         episodes = _episodes(task, samples, replace(cfg, video_frames=frames.get(task, cfg.video_frames)), seed)
         found, shown = run(wm, episodes, world, guidance, sampling)
-        metrics.update(found)
-        examples[task] = shown
-        if bar is not None:
-            bar.update()
-    metrics.update(perplexity(wm, cfg, seed=seed))
-    metrics["tokenizer_psnr"] = evaluate_vision(wm.codec.vision, world, psnr_frames)["psnr"]
-    metrics["eval_samples_per_task"] = samples
-    metrics["drawing"] = asdict(sampling) | {"guidance": guidance}  # how images and videos were sampled
-    if bar is not None:
-        bar.update()
-        bar.close()
-    return Evaluation(metrics, examples)
+        evaluation.metrics.update(found)
+        evaluation.examples[task] = shown
+    return evaluation
 
 
 def _t2i(wm, episodes, world, guidance, sampling):
@@ -195,33 +217,53 @@ def _t2v(wm, episodes, world, guidance, sampling):
     captions = [e.document[0].text for e in episodes]
     frames = len(episodes[0].states)
     videos = generate_videos(wm, captions, frames, guidance=guidance, sampling=sampling)
-    right = [video_matches(v, e.states, world) for v, e in zip(videos, episodes, strict=True)]
-    return {"t2v_accuracy": _mean(right)}, {"prompts": captions, "videos": videos, "correct": right}
+    verdicts = [judge_video(v, e.states[0], world) for v, e in zip(videos, episodes, strict=True)]
+    hidden = [
+        hides_something(Unknowns.from_directions(e.states[0].objects, _directions(e.states[0]), world), [], frames - 1)
+        for e in episodes
+    ]
+    metrics = {"t2v_accuracy": _mean(v.correct for v in verdicts), "t2v_hidden_share": _mean(hidden)}
+    return metrics, {"prompts": captions, "videos": videos} | _marks(verdicts)
+
+
+def _directions(state: State) -> list[tuple[int, int]]:
+    return [(o.vx, o.vy) for o in state.objects]
+
+
+def _marks(verdicts: list[Verdict]) -> dict:
+    """What a report shows of each clip's verdict: right or not, and where it broke."""
+    return {"correct": [v.correct for v in verdicts], "broke": [v.broke for v in verdicts]}
 
 
 def _predict(wm, episodes, world, guidance, sampling):
     clips = np.stack([e.document[0].pixels for e in episodes])  # (N, T, H, W, 3)
-    future = predict(wm, clips[:, :CONTEXT_FRAMES], clips.shape[1] - CONTEXT_FRAMES)  # (N, K, H, W, 3)
-    parsed = [parse_frames(f, world) for f in future]
-    per_step = [
-        _mean(score(p[k], e.states[CONTEXT_FRAMES + k]).correct for p, e in zip(parsed, episodes, strict=True))
-        for k in range(future.shape[1])
-    ]
+    steps = clips.shape[1] - CONTEXT_FRAMES
+    future = predict(wm, clips[:, :CONTEXT_FRAMES], steps)  # (N, K, H, W, 3)
+    verdicts, hidden = [], []
+    for clip, made in zip(clips, future, strict=True):
+        context = parse_frames(clip[:CONTEXT_FRAMES], world)
+        unknowns = Unknowns.from_frame(_seen_objects(context[0]), world, agent=False)
+        # frames 1.. of the clip: the last real one, then the model's
+        verdicts.append(judge(unknowns, [*context[1:], *parse_frames(made, world)]))
+        hidden.append(hides_something(unknowns, context[1:], steps))
+    per_step = [_mean(v.right >= CONTEXT_FRAMES - 1 + k for v in verdicts) for k in range(1, steps + 1)]
     shown = {"context": clips[:, :CONTEXT_FRAMES], "predicted": future, "truth": clips[:, CONTEXT_FRAMES:]}
-    return {"predict_accuracy": per_step}, shown
+    return {"predict_accuracy": per_step, "predict_hidden_share": _mean(hidden)}, shown | _marks(verdicts)
 
 
 def _act(wm, episodes, world, guidance, sampling):
     clips = np.stack([e.document[0].pixels for e in episodes])
     actions = [e.actions for e in episodes]
     future = rollout(wm, clips[:, 0], actions)  # (N, A, H, W, 3)
-    right = [
-        [agent_at(seen, e.states[k + 1].agent) for k, seen in enumerate(parse_frames(f, world))]
-        for f, e in zip(future, episodes, strict=True)
-    ]
-    per_step = [_mean(r[k] for r in right) for k in range(future.shape[1])]
+    verdicts, hidden = [], []
+    for clip, made, acts in zip(clips, future, actions, strict=True):
+        unknowns = Unknowns.from_frame(_seen_objects(parse_frames(clip[:1], world)[0]), world, agent=True)
+        verdicts.append(judge(unknowns, parse_frames(made, world), acts))
+        hidden.append(hides_something(unknowns, [], len(acts), acts))
+    per_step = [_mean(v.right >= k for v in verdicts) for k in range(1, future.shape[1] + 1)]
+    metrics = {"action_accuracy": per_step[-1], "action_accuracy_per_step": per_step, "act_hidden_share": _mean(hidden)}
     shown = {"start": clips[:, 0], "actions": actions, "predicted": future, "truth": clips[:, 1:]}
-    return {"action_accuracy": _mean(np.ravel(right)), "action_accuracy_per_step": per_step}, shown
+    return metrics, shown | _marks(verdicts)
 
 
 def _qa(wm, episodes, world, guidance, sampling):

@@ -142,7 +142,8 @@ def _overlap(a: Obj, b: Obj, size: int, gap: int) -> bool:
     return abs(a.x - b.x) < reach and abs(a.y - b.y) < reach
 
 
-def _bounce(p: int, v: int, hi: int) -> tuple[int, int]:
+def bounce(p: int, v: int, hi: int) -> tuple[int, int]:
+    """Position and velocity along one axis after one step from ``p`` at ``v``, walls at 0 and ``hi``."""
     p += v
     if p < 0:
         return -p, -v
@@ -205,8 +206,8 @@ def step(state: State, action: str | None = None) -> State:
         raise ValueError("this state has no agent to take an action")
     for i in moving:
         o = old[i]
-        x, vx = _bounce(o.x, o.vx, cfg.max_position)
-        y, vy = _bounce(o.y, o.vy, cfg.max_position)
+        x, vx = bounce(o.x, o.vx, cfg.max_position)
+        y, vy = bounce(o.y, o.vy, cfg.max_position)
         new[i] = replace(o, x=x, y=y, vx=vx, vy=vy)
     # Objects that would touch go back to where they were and reverse. Old positions never
     # overlap and the agent's move was checked against them, so this settles.
