@@ -17,7 +17,7 @@ from ringworld.train.config import TrainConfig
 from ringworld.train.curves import HeldOutCurves
 from ringworld.train.loop import train
 from ringworld.train.loss import background_logit_bias, most_frequent_code, weigh_background
-from ringworld.train.optim import make_optimizer
+from ringworld.train.optim import Muon, make_optimizer, orthogonalise
 from ringworld.world.tasks import TaskConfig
 
 
@@ -71,6 +71,30 @@ def test_muon_takes_the_block_matrices_and_adamw_the_rest():
     assert {"embed.weight", "head.weight", "norm.weight"} <= in_adamw and not in_adamw & in_muon
     (only,) = make_optimizer(model, TrainConfig(out="x", optimizer="adamw"), torch.device("cpu"))
     assert sum(len(g["params"]) for g in only.param_groups) == len(list(model.parameters()))
+
+
+def test_muon_is_torchs_in_bf16_and_orthogonalises_in_fp32():
+    torch.manual_seed(0)
+    shapes = [(48, 16), (16, 40)]  # tall and wide
+    ours = [torch.nn.Parameter(torch.randn(s)) for s in shapes]
+    theirs = [torch.nn.Parameter(p.detach().clone()) for p in ours]
+    a = Muon(ours, lr=0.02, momentum=0.95, ns_dtype=torch.bfloat16)
+    b = torch.optim.Muon(theirs, lr=0.02, momentum=0.95)
+    for _ in range(3):
+        for p, q in zip(ours, theirs, strict=True):
+            p.grad = torch.randn_like(p)
+            q.grad = p.grad.clone()
+        a.step()
+        b.step()
+    for p, q in zip(ours, theirs, strict=True):
+        assert torch.equal(p, q)  # the same update, bit for bit
+    g = torch.randn(48, 16)
+    o = orthogonalise(g, a.defaults["ns_coefficients"], a.defaults["ns_steps"], 1e-7, torch.float32)
+    assert o.dtype == torch.float32 and o.shape == g.shape
+    singular = torch.linalg.svdvals(o)
+    assert singular.min() > 0.5 and singular.max() < 1.5  # Muon's quintic aims near 1, not at it
+    close = orthogonalise(g, a.defaults["ns_coefficients"], a.defaults["ns_steps"], 1e-7, torch.bfloat16)
+    torch.testing.assert_close(o, close.float(), atol=0.05, rtol=0)
 
 
 def test_frames_of_targets_and_the_determined_frames(world_tokenizer_dir):

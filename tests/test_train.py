@@ -26,7 +26,7 @@ from ringworld.train.metrics import read_metrics
 from ringworld.world.tasks import sample_task
 
 # fp32 and AdamW: the exactness tests compare against one process or one big batch to 1e-5 (Muon's
-# Newton-Schulz steps run in bf16 inside torch.optim.Muon; its own test below allows for that)
+# Newton-Schulz steps run in bf16 on CPUs with fast bf16; its own test below allows for that)
 SMALL = dict(
     depth=1,
     seq_len=256,
@@ -173,11 +173,12 @@ def test_fsdp_two_processes_equal_one_and_resume_at_another_world_size(world_tok
 
 def test_muon_under_fsdp_equals_one_process_and_its_state_reshards(world_tokenizer_dir, tmp_path):
     """Muon on sharded DTensor weights takes the steps of one process, and a 2-process checkpoint's
-    Muon momentum resumes in one process. Exact only to bf16: torch's Muon orthogonalises in bf16,
-    where the last-bit differences of FSDP's gradients round apart. Measured: one Muon step on a
-    (704, 256) matrix, plain or sharded in two, is 1.2 % or 1.8 % off the fp32 Newton-Schulz update,
-    and after 4 steps the matrices of the two runs differ by ~1 % (one process against itself with
-    grad_accum 2: 0.3 %). Orthogonalising each shard on its own would be off by tens of percent."""
+    Muon momentum resumes in one process. Exact only to bf16: Muon orthogonalises in bf16 on CPUs
+    with fast bf16 (fp32 elsewhere), where the last-bit differences of FSDP's gradients round
+    apart. Measured: one Muon step on a (704, 256) matrix, plain or sharded in two, is 1.2 % or
+    1.8 % off the fp32 Newton-Schulz update, and after 4 steps the matrices of the two runs differ
+    by ~1 % (one process against itself with grad_accum 2: 0.3 %). Orthogonalising each shard on
+    its own would be off by tens of percent."""
     cfg = TrainConfig(
         out=str(tmp_path / "single"), tokenizer=str(world_tokenizer_dir), **{**SMALL, "steps": 4, "optimizer": "muon"}
     )
