@@ -45,7 +45,15 @@ from ringworld.infer.tasks import (
 )
 from ringworld.train.loss import modality_counts, modality_sums, per_modality_means
 from ringworld.world.captions import parse_caption, region
-from ringworld.world.consistent import Unknowns, Verdict, check_judgeable, hides_something, judge
+from ringworld.world.consistent import (
+    Unknowns,
+    Verdict,
+    check_judgeable,
+    extra_object,
+    hides_something,
+    judge,
+    misdrawn,
+)
 from ringworld.world.oracle import Seen, parse_frames
 from ringworld.world.sim import Obj, State, WorldConfig
 from ringworld.world.tasks import TaskConfig, TaskSample, sample_task
@@ -74,17 +82,13 @@ def scene_mismatch(seen: list[Seen], objects: tuple[Obj, ...], world: WorldConfi
     first object that does), or None when it shows exactly these objects."""
     by_color = {s.color: s for s in seen}
     for o in objects:
-        name = f"the {o.color} {o.shape}"
-        s = by_color.get(o.color)
-        if s is None:
-            return f"{name} is missing"
-        if s.shape != o.shape:
-            return f"{name} is drawn as a {s.shape}"
-        if region(_as_obj(s), world) != region(o, world):
-            return f"{name} is in the {' '.join(region(_as_obj(s), world))}, not the {' '.join(region(o, world))}"
-    colors = {o.color for o in objects}
-    extra = [s for s in seen if s.color not in colors]
-    return f"an extra {extra[0].color} {extra[0].shape}" if extra else None
+        wrong = misdrawn(by_color.get(o.color), o)
+        if wrong is not None:
+            return wrong
+        drawn, asked = region(_as_obj(by_color[o.color]), world), region(o, world)
+        if drawn != asked:
+            return f"the {o.color} {o.shape} is in the {' '.join(drawn)}, not the {' '.join(asked)}"
+    return extra_object(seen, objects)
 
 
 def scene_matches(seen: list[Seen], objects: tuple[Obj, ...], world: WorldConfig) -> bool:

@@ -91,14 +91,7 @@ class Unknowns:
     def worlds(self, after: list[Seen] | None = None, action: str | None = None) -> Iterator[State]:
         """Every start state, or (``after``: the parse of the next frame, reached by ``action``)
         only those whose objects could each have gone where ``after`` shows them."""
-        for agent in self.agents:
-            choices = [((0, 0),) if i == agent else c for i, c in enumerate(self.choices)]
-            if after is not None:
-                if agent is not None and not self._agent_could(agent, after, action):
-                    continue
-                choices = [
-                    c if i == agent else tuple(v for v in c if self._could(i, v, after)) for i, c in enumerate(choices)
-                ]
+        for agent, choices in self._choices(after, action):
             for chosen in itertools.product(*choices):
                 objects = [replace(o, vx=v[0], vy=v[1]) for o, v in zip(self.objects, chosen, strict=True)]
                 if agent is not None:
@@ -107,16 +100,19 @@ class Unknowns:
 
     def count(self, after: list[Seen] | None = None, action: str | None = None) -> int:
         """How many states ``worlds`` yields, without making them."""
-        total = 0
+        return sum(math.prod(map(len, choices)) for _, choices in self._choices(after, action))
+
+    def _choices(self, after: list[Seen] | None, action: str | None) -> Iterator[tuple[int | None, list[tuple]]]:
+        """Per possible agent, each object's velocities left (the agent's own is unused: (0, 0))."""
         for agent in self.agents:
             if after is not None and agent is not None and not self._agent_could(agent, after, action):
                 continue
-            sizes = [
-                1 if i == agent else len(c if after is None else [v for v in c if self._could(i, v, after)])
-                for i, c in enumerate(self.choices)
-            ]
-            total += math.prod(sizes)
-        return total
+            choices = [((0, 0),) if i == agent else c for i, c in enumerate(self.choices)]
+            if after is not None:
+                choices = [
+                    c if i == agent else tuple(v for v in c if self._could(i, v, after)) for i, c in enumerate(choices)
+                ]
+            yield agent, choices
 
     def _could(self, i: int, v: Velocity, after: list[Seen]) -> bool:
         """Object i, moving at ``v``, could be where ``after`` shows it one step on."""
@@ -162,23 +158,33 @@ def _near(seen: Seen, x: int, y: int, tolerance: int = POSITION_TOLERANCE) -> bo
     return abs(seen.x - x) <= tolerance and abs(seen.y - y) <= tolerance
 
 
+def misdrawn(seen: Seen | None, o: Obj) -> str | None:
+    """How a frame fails to show object ``o`` at all (missing, or another shape), or None."""
+    if seen is None:
+        return f"the {o.color} {o.shape} is missing"
+    if seen.shape != o.shape:
+        return f"the {o.color} {o.shape} is drawn as a {seen.shape}"
+    return None
+
+
+def extra_object(seen: list[Seen], objects: Sequence[Obj]) -> str | None:
+    """The first object a frame shows that is none of ``objects``, or None."""
+    colors = {o.color for o in objects}
+    extra = [s for s in seen if s.color not in colors]
+    return f"an extra {extra[0].color} {extra[0].shape} at ({extra[0].x}, {extra[0].y})" if extra else None
+
+
 def mismatch(seen: list[Seen], state: State, tolerance: int = POSITION_TOLERANCE) -> str | None:
     """How a frame's parse differs from a state (the first object that does), or None if it shows it."""
     by_color = _by_color(seen)
     for o in state.objects:
-        name = f"the {o.color} {o.shape}"
         s = by_color.get(o.color)
-        if s is None:
-            return f"{name} is missing"
-        if s.shape != o.shape:
-            return f"{name} is drawn as a {s.shape}"
+        wrong = misdrawn(s, o)
+        if wrong is not None:
+            return wrong
         if not _near(s, o.x, o.y, tolerance):
-            return f"{name} is at ({s.x}, {s.y}), where a consistent world has ({o.x}, {o.y})"
-    colors = {o.color for o in state.objects}
-    extra = [s for s in seen if s.color not in colors]
-    if extra:
-        return f"an extra {extra[0].color} {extra[0].shape} at ({extra[0].x}, {extra[0].y})"
-    return None
+            return f"the {o.color} {o.shape} is at ({s.x}, {s.y}), where a consistent world has ({o.x}, {o.y})"
+    return extra_object(seen, state.objects)
 
 
 def play(start: State, steps: int, actions: Sequence[str] | None = None) -> Iterator[State]:
@@ -234,24 +240,18 @@ def judge(unknowns: Unknowns, seen: Sequence[list[Seen]], actions: Sequence[str]
 
 
 def _first_impossible(unknowns: Unknowns, after: list[Seen], action: str | None) -> str:
-    """What in frame 1 no start state explains (with the first agent the frame allows)."""
-    colors = {o.color for o in unknowns.objects}
+    """What in frame 1 no start state explains: the first object no role and velocity explain."""
     by_color = _by_color(after)
-    for o in unknowns.objects:
-        s = by_color.get(o.color)
-        if s is None:
-            return f"the {o.color} {o.shape} is missing"
-        if s.shape != o.shape:
-            return f"the {o.color} {o.shape} is drawn as a {s.shape}"
     for i, o in enumerate(unknowns.objects):
-        agent_ok = any(a == i and unknowns._agent_could(i, after, action) for a in unknowns.agents)
-        if not agent_ok and not any(unknowns._could(i, v, after) for v in unknowns.choices[i]):
+        wrong = misdrawn(by_color.get(o.color), o)
+        if wrong is not None:
+            return wrong
+        as_agent = i in unknowns.agents and unknowns._agent_could(i, after, action)
+        if not as_agent and not any(unknowns._could(i, v, after) for v in unknowns.choices[i]):
             s = by_color[o.color]
             return f"the {o.color} {o.shape} is at ({s.x}, {s.y}), where no consistent world puts it"
-    extra = [s for s in after if s.color not in colors]
-    if extra:
-        return f"an extra {extra[0].color} {extra[0].shape} at ({extra[0].x}, {extra[0].y})"
-    return "no consistent world moves the objects together this way"  # each could, but not all at once
+    # each object could have got there alone, but not all of them at once
+    return extra_object(after, unknowns.objects) or "no consistent world moves the objects together this way"
 
 
 def consistent(
