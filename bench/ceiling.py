@@ -17,7 +17,7 @@ import json
 import time
 
 from ringworld.eval.reference_models import CopyModel, OracleModel
-from ringworld.eval.world import EVAL_SEED, judge_tasks
+from ringworld.eval.world import EVAL_SEED, evaluate
 from ringworld.tokens.bundle import load_codec, world_settings
 from ringworld.world.sim import WorldConfig
 
@@ -60,7 +60,7 @@ def main() -> None:
     rows, hidden = [], {}
     for name, model in models.items():
         start = time.perf_counter()
-        metrics = judge_tasks(model, samples=args.samples, horizon=args.horizon, progress=False).metrics
+        metrics = evaluate(model, samples=args.samples, horizon=args.horizon, judged_only=True, progress=False).metrics
         seconds = time.perf_counter() - start
         rows.append({"model": name, **{k: metrics[k] for k in COLUMNS}, "seconds": round(seconds, 1)})
         hidden = {k: metrics[k] for k in HIDDEN}

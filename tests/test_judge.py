@@ -9,7 +9,7 @@ import pytest
 from world_models import demo_codec
 
 from ringworld.eval.reference_models import CopyModel, OracleModel
-from ringworld.eval.world import CONTEXT_FRAMES, EVAL_SEED, _episodes, judge_tasks, judge_video
+from ringworld.eval.world import CONTEXT_FRAMES, EVAL_SEED, _episodes, evaluate, judge_video
 from ringworld.jobs.demo import DEMO_WORLD
 from ringworld.world.consistent import Unknowns, check_judgeable, hides_something, judge
 from ringworld.world.oracle import parse_frames
@@ -27,13 +27,14 @@ def codec():
 
 @pytest.fixture(scope="module")
 def copied(codec):
-    return judge_tasks(CopyModel(codec, DEMO_WORLD), samples=SAMPLES, horizon=HORIZON, progress=False).metrics
+    return evaluate(
+        CopyModel(codec, DEMO_WORLD), samples=SAMPLES, horizon=HORIZON, judged_only=True, progress=False
+    ).metrics
 
 
 def test_a_perfect_model_scores_exactly_one_on_every_task(codec):
-    metrics = judge_tasks(
-        OracleModel(codec, DEMO_WORLD, seed=3), samples=SAMPLES, horizon=HORIZON, progress=False
-    ).metrics
+    perfect = OracleModel(codec, DEMO_WORLD, seed=3)
+    metrics = evaluate(perfect, samples=SAMPLES, horizon=HORIZON, judged_only=True, progress=False).metrics
     for key in ("t2i_accuracy", "caption_accuracy", "t2v_accuracy", "action_accuracy", "qa_accuracy"):
         assert metrics[key] == 1.0, key
     assert metrics["predict_accuracy"] == [1.0] * HORIZON

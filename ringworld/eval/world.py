@@ -153,33 +153,13 @@ def evaluate(
     sampling: Sampling = DRAWING,
     seed: int = EVAL_SEED,
     psnr_frames: int = 500,
+    judged_only: bool = False,
     progress: bool = True,
 ) -> Evaluation:
     """Every metric of the module docstring on ``samples`` held-out episodes per task; prediction
-    and action rollouts go ``horizon`` steps (past the trained video length, the window slides)."""
-    evaluation = judge_tasks(
-        wm, samples=samples, horizon=horizon, guidance=guidance, sampling=sampling, seed=seed, progress=progress
-    )
-    cfg = TaskConfig(world=wm.world, video_frames=wm.video_frames)
-    evaluation.metrics.update(perplexity(wm, cfg, seed=seed))
-    evaluation.metrics["tokenizer_psnr"] = evaluate_vision(wm.codec.vision, wm.world, psnr_frames)["psnr"]
-    evaluation.metrics["eval_samples_per_task"] = samples
-    evaluation.metrics["drawing"] = asdict(sampling) | {"guidance": guidance}  # how images and videos were sampled
-    return evaluation
-
-
-def judge_tasks(
-    wm: WorldModel,
-    *,
-    samples: int = 100,
-    horizon: int = 4,
-    guidance: float = DEFAULT_GUIDANCE,
-    sampling: Sampling = DRAWING,
-    seed: int = EVAL_SEED,
-    progress: bool = True,
-) -> Evaluation:
-    """The oracle-judged tasks alone (``evaluate`` without perplexity and PSNR): what any object
-    shaped like ``WorldModel`` can be held to, a trained model or a stand-in."""
+    and action rollouts go ``horizon`` steps (past the trained video length, the window slides).
+    ``judged_only``: the oracle-judged tasks alone, without perplexity and PSNR, which is what any
+    object shaped like ``WorldModel`` can be held to, a trained model or a reference model."""
     world = wm.world
     check_judgeable(world)
     cfg = TaskConfig(world=world, video_frames=wm.video_frames)
@@ -199,6 +179,11 @@ def judge_tasks(
         found, shown = run(wm, episodes, world, guidance, sampling)
         evaluation.metrics.update(found)
         evaluation.examples[task] = shown
+    if not judged_only:
+        evaluation.metrics.update(perplexity(wm, cfg, seed=seed))
+        evaluation.metrics["tokenizer_psnr"] = evaluate_vision(wm.codec.vision, world, psnr_frames)["psnr"]
+        evaluation.metrics["eval_samples_per_task"] = samples
+        evaluation.metrics["drawing"] = asdict(sampling) | {"guidance": guidance}  # how images and videos were drawn
     return evaluation
 
 
