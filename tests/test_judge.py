@@ -11,9 +11,9 @@ from world_models import demo_codec
 from ringworld.eval.reference_models import CopyModel, OracleModel
 from ringworld.eval.world import CONTEXT_FRAMES, EVAL_SEED, _episodes, evaluate, judge_video
 from ringworld.jobs.demo import DEMO_WORLD
-from ringworld.world.consistent import Unknowns, check_judgeable, hides_something, judge
+from ringworld.world.consistent import Unknowns, check_judgeable, hides_something, judge, mismatch
 from ringworld.world.oracle import parse_frames
-from ringworld.world.sim import Obj, State, WorldConfig, random_state, render, rollout, step
+from ringworld.world.sim import ACTION_DELTAS, Obj, State, WorldConfig, random_state, render, rollout, step
 from ringworld.world.tasks import TaskConfig
 
 SAMPLES = 40
@@ -165,3 +165,35 @@ def test_worlds_too_large_to_judge_are_refused_up_front():
     for world in (WorldConfig(max_objects=6), WorldConfig(max_objects=8), WorldConfig(max_speed=3)):
         with pytest.raises(ValueError, match="--max-objects"):
             check_judgeable(world)
+
+
+def _brute_right(starts, seen, actions) -> int:
+    """The longest run of frames from frame 1 that one of ``starts`` explains, with no pruning."""
+    best = 0
+    for start in starts:
+        states = rollout(start, len(seen), actions)[1:]
+        best = max(best, next((k for k, s in enumerate(seen) if mismatch(s, states[k]) is not None), len(seen)))
+    return best
+
+
+@pytest.mark.parametrize("agent", [False, True])
+def test_pruning_loses_no_world_in_a_crowded_world(agent):
+    """In a world crowded enough that collisions are common, the judge's verdict on true and on
+    corrupted clips equals a brute force over every start state, unpruned."""
+    world = WorldConfig(frame_size=24, object_size=6, snap=3, max_objects=3, min_objects=3, gap=1)
+    rng = np.random.default_rng(1)
+    collided = 0
+    for _ in range(12):
+        start = random_state(rng, world, agent=agent)
+        actions = [str(a) for a in rng.choice(list(ACTION_DELTAS), size=3)] if agent else None
+        states = rollout(start, 3, actions)
+        collided += any(_positions(a) == _positions(b) for a, b in zip(states, states[1:], strict=False))
+        frames = render(states)
+        corrupt = frames.copy()
+        corrupt[2] = frames[1]  # a frame that stands still
+        unknowns = Unknowns.from_frame(start.objects, world, agent=agent)
+        starts = list(unknowns.worlds())
+        for clip in (frames, corrupt):
+            seen = parse_frames(clip[1:], world)
+            assert judge(unknowns, seen, actions).right == _brute_right(starts, seen, actions)
+    assert collided  # the crowding did make objects stand still

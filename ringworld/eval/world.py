@@ -109,6 +109,10 @@ def _snapped(seen: Seen, world: WorldConfig) -> Obj:
     return Obj(seen.color, seen.shape, min(max(round(seen.x / g) * g, 0), top), min(max(round(seen.y / g) * g, 0), top))
 
 
+def _directions(state: State) -> list[tuple[int, int]]:
+    return [(o.vx, o.vy) for o in state.objects]
+
+
 def judge_video(frames: np.ndarray, start: State, world: WorldConfig) -> Verdict:
     """A text->video clip (T, H, W, 3) for a caption of ``start``'s objects and motion: frame 0 shows
     the caption's scene, and frames 1.. follow the world from frame 0 as drawn, each object
@@ -119,7 +123,7 @@ def judge_video(frames: np.ndarray, start: State, world: WorldConfig) -> Verdict
         return Verdict(len(frames) - 1, 0, f"frame 0: {wrong}")
     drawn = {s.color: s for s in parsed[0]}
     objects = [_snapped(drawn[o.color], world) for o in start.objects]
-    unknowns = Unknowns.from_directions(objects, [(o.vx, o.vy) for o in start.objects], world)
+    unknowns = Unknowns.from_directions(objects, _directions(start), world)
     return judge(unknowns, parsed[1:])
 
 
@@ -213,10 +217,6 @@ def _t2v(wm, episodes, world, guidance, sampling):
     ]
     metrics = {"t2v_accuracy": _mean(v.correct for v in verdicts), "t2v_hidden_share": _mean(hidden)}
     return metrics, {"prompts": captions, "videos": videos} | _marks(verdicts)
-
-
-def _directions(state: State) -> list[tuple[int, int]]:
-    return [(o.vx, o.vy) for o in state.objects]
 
 
 def _marks(verdicts: list[Verdict]) -> dict:
