@@ -51,7 +51,8 @@ class OracleModel:
             doc, media = self._answer(prompt, frames, actions)
             ids = self.codec.encode(doc).ids
             ids = ids[:-1] if media else ids  # a media span stops at its closing tag, text at <|eos|>
-            assert (ids[: len(prompt)] == prompt).all(), "the answer must continue the prompt"
+            if len(ids) < len(prompt) or not (ids[: len(prompt)] == prompt).all():
+                raise RuntimeError("the reference model's document does not continue its prompt; this is a bug")
             out.append(ids[len(prompt) :])
         return out
 

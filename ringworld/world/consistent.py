@@ -14,8 +14,9 @@ it: colour, shape, position within the oracle's tolerance, and nothing extra.
 | act           | the objects in frame 0, the actions        | which object is the agent; the others' velocities |
 | text_to_video | frame 0 as drawn, each object's direction  | the speed behind each direction          |
 
-What bounds the cost: a start state is a choice of agent and of one velocity per other object,
-at most ``n (2s + 1)^(2n)`` of them for n objects and ``max_speed`` s. The first judged frame
+What bounds the cost: a start state is a choice of agent and of one velocity per other object:
+for n objects at ``max_speed`` s, at most ``(2s+1)^(2n)`` without an agent and ``n (2s+1)^(2n-2)``
+with one (``worst_case``). The first judged frame
 prunes each object's velocities on their own (it moved where that velocity takes it, or stood
 still within reach of something it could have hit), and only the product of the survivors is
 simulated: an object seen moving keeps one velocity, so a clip costs a handful of simulated
