@@ -3,6 +3,7 @@ same weights, same optimizer, in one run. ringworld runs as ``ringworld train`` 
 block through ``torch.compile``) and, for comparison, eager (``--no-compile``).
 
     python bench/train_throughput.py                      # tiny preset, 4 rows x 1024 tokens, CPU fp32
+    python bench/train_throughput.py --optimizers muon    # both frameworks on Muon (default: AdamW, then Muon)
     python bench/train_throughput.py --json results.json  # also write the figures
     python bench/train_throughput.py --device cuda --dtype bf16 --preset small
 
@@ -13,7 +14,10 @@ Two cases, each timed over the same batches for both:
     documents as one batch padded to the longest, as a collator would. Useful tokens are those
     of documents, not padding.
 
-A training step is forward, loss, backward, gradient clipping and an AdamW step. MFU counts
+A training step is forward, loss, backward, gradient clipping and an optimizer step: the same optimizer
+for both frameworks, AdamW (fused, no decay on norms) and then Muon (the blocks' matrices; the rest on
+AdamW), as ``ringworld train --optimizer`` builds them. Muon's share of a step is 1 - (AdamW step
+time / Muon step time), medians over steps, per framework. MFU counts
 useful FLOPs only (6 x matmul weights per token + causal attention within each document) against
 the measured matmul peak of the device. The two frameworks' steps are timed interleaved in one
 process. The ratios (``dense_ratio``, ``packed_useful_ratio``: ringworld ÷ transformers, useful
@@ -102,7 +106,9 @@ def make_runners(args: argparse.Namespace) -> tuple[dict, ModelConfig, list[list
     device = torch.device(args.device)
     codec = load_codec(args.tokenizer)
     cfg = ModelConfig.preset(args.preset, codec.vocab.size, max_seq_len=args.seq_len, qk_norm=False)
-    train_cfg = TrainConfig(out="", seq_len=args.seq_len, batch_size=args.rows, lr=1e-4, warmup=1)
+    train_cfg = TrainConfig(
+        out="", seq_len=args.seq_len, batch_size=args.rows, lr=1e-4, warmup=1, optimizer=args.optimizer
+    )
     autocast = torch.autocast(device.type, dtype=torch.bfloat16) if args.dtype == "bf16" else nullcontext()
     batches = [step_documents(args, codec, s) for s in range(args.warmup + args.steps)]
     pad_id = codec.vocab.special("<|pad|>")
@@ -129,7 +135,7 @@ def make_runners(args: argparse.Namespace) -> tuple[dict, ModelConfig, list[list
 
     if "transformers" in args.frameworks:
         hf = to_hf(model).to(device).train()
-        hf_optimizer = make_optimizer(hf, train_cfg, device)  # the same AdamW: fused, no decay on norms
+        hf_optimizer = make_optimizer(hf, train_cfg, device)  # the same optimizer over the same weights
         padded = [padded_batch(docs, pad_id) for docs in batches]
 
         def transformers_step(i: int) -> int:
@@ -170,7 +176,8 @@ def measure_speed(args: argparse.Namespace) -> list[dict]:
     rows = []
     for name, times in seconds.items():
         total = sum(times)
-        row = {"case": args.case, "framework": name, "tokens_per_s": processed[name] / total}
+        row = {"case": args.case, "optimizer": args.optimizer, "framework": name}
+        row |= {"tokens_per_s": processed[name] / total}
         row |= {"useful_tokens_per_s": useful / total, "pad_fraction": 1 - useful / processed[name]}
         row |= {"mfu": flops / total / peak, "step_seconds": times}
         if name != "transformers" and "transformers" in seconds:
@@ -218,6 +225,16 @@ def memory_in_fresh_process(args: argparse.Namespace) -> float:
     return result
 
 
+def muon_shares(rows: list[dict]) -> dict[tuple[str, str], float]:
+    """(case, framework) -> the share of a Muon step that Muon adds over AdamW, where both were run."""
+    median = {(r["case"], r["framework"], r["optimizer"]): statistics.median(r["step_seconds"]) for r in rows}
+    return {
+        (case, framework): 1 - median[(case, framework, "adamw")] / seconds
+        for (case, framework, optimizer), seconds in median.items()
+        if optimizer == "muon" and (case, framework, "adamw") in median
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--preset", default="tiny", choices=["tiny", "small", "base"])
@@ -226,6 +243,9 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=4, help="timed steps per measurement")
     parser.add_argument("--warmup", type=int, default=1, help="untimed steps first")
     parser.add_argument("--cases", default="dense,mixture", help="which cases to run, comma-separated")
+    parser.add_argument(
+        "--optimizers", default="adamw,muon", help="the optimizer both frameworks take, in turn (comma-separated)"
+    )
     parser.add_argument("--device", default="cpu")
     parser.add_argument("--dtype", default="fp32", choices=["fp32", "bf16"])
     parser.add_argument("--tokenizer", type=Path, help="tokenizer directory (default: a fresh untrained one)")
@@ -237,34 +257,47 @@ def main() -> None:
             args.tokenizer = Path(tmp) / "tokenizer"
             build_tokenizer(args.tokenizer)
         rows = []
-        for case in args.cases.split(","):
-            both = argparse.Namespace(**{**vars(args), "case": case, "frameworks": FRAMEWORKS})
-            speed = measure_speed(both)
-            for row in speed:
-                one = argparse.Namespace(**{**vars(both), "frameworks": [row["framework"]]})
-                row["peak_memory_mib"] = memory_in_fresh_process(one)
-            rows += speed
-            print(f"measured {case}", file=sys.stderr, flush=True)
+        for optimizer in args.optimizers.split(","):
+            for case in args.cases.split(","):
+                both = argparse.Namespace(
+                    **{**vars(args), "case": case, "optimizer": optimizer, "frameworks": FRAMEWORKS}
+                )
+                speed = measure_speed(both)
+                for row in speed:
+                    one = argparse.Namespace(**{**vars(both), "frameworks": [row["framework"]]})
+                    row["peak_memory_mib"] = memory_in_fresh_process(one)
+                rows += speed
+                print(f"measured {case} on {optimizer}", file=sys.stderr, flush=True)
 
     names = {"dense": "dense_ratio", "mixture": "packed_useful_ratio"}
     ratios = {}
     for r in rows:
         if "vs_transformers" in r:
-            ratios[names[r["case"]] + ("_eager" if "no-compile" in r["framework"] else "")] = r["vs_transformers"]
+            eager = "_eager" if "no-compile" in r["framework"] else ""
+            ratios[f"{names[r['case']]}{eager}_{r['optimizer']}"] = r["vs_transformers"]
     threads = torch.get_num_threads()
     print(
         f"\n{args.preset} preset, {args.rows} rows x {args.seq_len} tokens, {args.device} {args.dtype}, "
         f"{threads} threads, torch {torch.__version__}\n"
     )
-    print("| case | framework | tokens/s | useful tokens/s | padding | MFU | peak memory (MiB) | ÷ transformers |")
-    print("|---|---|---|---|---|---|---|---|")
+    print(
+        "| case | optimizer | framework | tokens/s | useful tokens/s | padding | MFU | peak memory (MiB) "
+        "| ÷ transformers |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|")
     for r in rows:
         versus = f"{r['vs_transformers']:.2f}x" if "vs_transformers" in r else "1"
         print(
-            f"| {r['case']} | {r['framework']} | {r['tokens_per_s']:,.0f} | {r['useful_tokens_per_s']:,.0f} | "
-            f"{r['pad_fraction']:.0%} | {r['mfu']:.1%} | {r['peak_memory_mib']:,.0f} | {versus} |"
+            f"| {r['case']} | {r['optimizer']} | {r['framework']} | {r['tokens_per_s']:,.0f} | "
+            f"{r['useful_tokens_per_s']:,.0f} | {r['pad_fraction']:.0%} | {r['mfu']:.1%} | "
+            f"{r['peak_memory_mib']:,.0f} | {versus} |"
         )
     print("\n" + "  ".join(f"{name} {value:.2f}" for name, value in ratios.items()))
+    shares = muon_shares(rows)
+    if shares:
+        print("\nMuon's share of a step (1 - AdamW step / Muon step, median step times):")
+        for (case, framework), share in shares.items():
+            print(f"  {case:<8} {framework:<24} {share:.0%}")
     if args.json:
         config = {k: (str(v) if isinstance(v, Path) else v) for k, v in vars(args).items()}
         args.json.write_text(json.dumps({"config": config, "results": rows, **ratios}, indent=2) + "\n")

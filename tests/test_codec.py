@@ -457,3 +457,89 @@ def test_lenient_decode_of_a_video_cut_short_mid_frame(codec):
     decoded = codec.decode(ids[:cut] + [0] + ids[cut:], lenient=True)
     video = decoded.segments[0]
     assert decoded.problems and video.num_frames == 3 and video.actions == ["up", "up"]
+
+
+# video frames written as their changes ---------------------------------------------------
+@pytest.fixture(scope="module")
+def delta_codec(codec) -> Codec:
+    return Codec(codec.text, Vocab(codec.vocab.text_size, NUM_CODES, num_cells=H * W), GRID)
+
+
+def test_frames_after_the_first_are_their_changes(delta_codec):
+    v, sp = delta_codec.vocab, delta_codec.vocab.special
+    codes = np.zeros((3, H, W), np.int64)
+    codes[1, 0, 1], codes[1, 2, 3] = 7, 9  # two cells change, then nothing does
+    codes[2] = codes[1]
+    ids = delta_codec.encode([Video(codes=codes, actions=["up", "stay"])]).ids.tolist()
+    first = [*([v.code_id(0)] * W + [sp("<|eol|>")]) * H, sp("<|eof|>")]
+    changes = [v.cell_ids[1], v.code_id(7), v.cell_ids[2 * W + 3], v.code_id(9), sp("<|eof|>")]
+    acts = [v.action_id("up"), v.action_id("stay")]
+    want = [sp("<|bos|>"), sp("<|video|>"), *first, acts[0], *changes, acts[1], sp("<|eof|>"), sp("<|/video|>")]
+    assert ids == [*want, sp("<|eos|>")]
+    assert delta_codec.delta_frames and delta_codec.longest_frame == 2 * H * W  # a change at every cell
+    with pytest.raises(ValueError, match="a 3x4 grid has 12"):
+        Codec(delta_codec.text, Vocab(v.text_size, NUM_CODES, num_cells=5), GRID)
+
+
+@SETTINGS
+@given(doc=documents)
+def test_round_trip_with_frames_as_changes(delta_codec, doc):
+    enc = delta_codec.encode(doc)
+    assert delta_codec.decode(enc.ids).problems == []
+    assert_same(delta_codec.decode(enc.ids).segments, doc)
+    assert_same(Parser(delta_codec, enc.ids, lenient=False, fast=False).document(), doc)
+    assert (enc.modality[delta_codec.vocab.is_cell(enc.ids)] == 1).all()  # cells are vision
+
+
+def test_malformed_changes_name_the_fault(delta_codec):
+    v = delta_codec.vocab
+    codes = np.zeros((2, H, W), np.int64)
+    codes[1, 0, 0], codes[1, 1, 1] = 3, 4
+    ids = delta_codec.encode([Video(codes=codes)]).ids.tolist()
+    at = ids.index(v.cell_ids[0])
+    swapped = ids[:at] + ids[at + 2 : at + 4] + ids[at : at + 2] + ids[at + 4 :]  # cell 5 before cell 0
+    with pytest.raises(MalformedTokens, match="changes cell 0 after cell 5; cells come in raster order"):
+        delta_codec.decode(swapped)
+    repaired = delta_codec.decode(swapped, lenient=True)
+    np.testing.assert_array_equal(repaired.segments[0].codes, codes)  # applied anyway
+    lone = ids[: at + 1] + ids[at + 2 :]  # cell 0 without its code
+    with pytest.raises(MalformedTokens, match="lists its changes: a cell, then its visual code"):
+        delta_codec.decode(lone)
+
+
+@SETTINGS
+@given(data=st.data())
+def test_random_ids_never_break_decoding_with_frames_as_changes(delta_codec, data):
+    v = delta_codec.vocab
+    token = st.one_of(
+        st.integers(0, v.size - 1),
+        st.sampled_from([v.special(s) for s in SPECIAL_TOKENS]),
+        st.integers(v.code_ids.start, v.code_ids.stop - 1),
+        st.integers(v.cell_ids.start, v.cell_ids.stop - 1),
+    )
+    check_decoders(delta_codec, data.draw(st.lists(token, max_size=60)))
+
+
+@SETTINGS
+@given(doc=documents, edits=st.lists(edits, min_size=1, max_size=4))
+def test_edited_documents_never_break_decoding_with_frames_as_changes(delta_codec, doc, edits):
+    test_edited_documents_never_break_decoding.hypothesis.inner_test(delta_codec, doc, edits)
+
+
+@pytest.mark.parametrize("delta", [False, True], ids=["whole-frames", "delta-frames"])
+def test_a_video_takes_no_loss_on_its_context_frames(codec, delta_codec, delta):
+    """``loss_from=2``: the opener, frames 0 and 1 with their <|eof|>s and the action after frame 1
+    are context; frame 2 on takes the segment's loss."""
+    c = delta_codec if delta else codec
+    frames = np.arange(4 * H * W).reshape(4, H, W) % NUM_CODES
+    actions = ["up", "left", "stay"]
+    whole = c.encode([Video(codes=frames, actions=actions)])
+    context = c.encode([Video(codes=frames, actions=actions, loss_from=2)])
+    np.testing.assert_array_equal(whole.ids, context.ids)
+    eofs = np.flatnonzero(whole.ids == c.vocab.special("<|eof|>"))
+    first_drawn = eofs[1] + 2  # after frame 1's <|eof|> and the action that follows it
+    assert c.vocab.action_of(int(whole.ids[first_drawn - 1])) == "left"
+    assert not context.loss_mask[:first_drawn].any() and context.loss_mask[first_drawn:].all()
+    assert whole.loss_mask[1:].all()
+    with pytest.raises(ValueError, match="loss_from is a frame index in 0..4"):
+        Video(codes=frames, loss_from=5)

@@ -5,11 +5,13 @@ import torch
 
 from ringworld.infer.grammar import FREE, IMAGE, VIDEO, SpanGrammar
 from ringworld.tokens.bundle import load_codec
+from ringworld.tokens.codec import Codec
 
 
-@pytest.fixture(scope="module")
-def codec(world_tokenizer_dir):
-    return load_codec(world_tokenizer_dir)
+@pytest.fixture(scope="module", params=[True, False], ids=["delta-frames", "whole-frames"])
+def codec(world_tokenizer_dir, request):
+    saved = load_codec(world_tokenizer_dir)
+    return Codec.build(saved.text, saved.vision, delta_frames=request.param)
 
 
 def _reference_allowed(g: SpanGrammar, b: int) -> torch.Tensor:
@@ -23,17 +25,24 @@ def _reference_allowed(g: SpanGrammar, b: int) -> torch.Tensor:
         return m
 
     allowed = (g.codes if span != FREE else g.free).clone()
+    changes = g.delta and span == VIDEO and frames >= 1  # a frame after the first, written as its changes
+    if changes and g.cell_lo <= prev < g.cell_hi:
+        allowed = g.codes.clone()  # a cell's code
+    elif changes:
+        allowed = torch.zeros(g.vocab_size, dtype=torch.bool)
+        allowed[g.cell_lo + pos : g.cell_hi] = True  # a cell after the last one named
+        allowed[g.eof] = True  # or the end of the frame
     between = span == VIDEO and pos == 0 and prev == g.eof
     if between and actions and frames <= len(actions) and actions[max(0, min(frames - 1, len(actions) - 1))] >= 0:
         allowed = only(actions[max(0, min(frames - 1, len(actions) - 1))])
     if between and video_frames == 0:
         allowed[g.close_video] = True
     forced = None
-    if span != FREE and pos < g.body and pos % g.row == g.row - 1:
+    if span != FREE and not changes and pos < g.body and pos % g.row == g.row - 1:
         forced = g.eol
     if span == IMAGE and pos == g.body:
         forced = g.close_image
-    if span == VIDEO and pos == g.body:
+    if span == VIDEO and not changes and pos == g.body:
         forced = g.eof
     if between and video_frames > 0 and frames >= video_frames:
         forced = g.close_video
@@ -50,7 +59,8 @@ def test_allowed_ids_and_states_follow_the_rules_row_by_row(codec):
     g, stepped = SpanGrammar(codec), SpanGrammar(codec)
     gen = torch.Generator().manual_seed(0)
     spans = ["<|image|>", "<|/image|>", "<|video|>", "<|/video|>", "<|eol|>", "<|eof|>", "<|pad|>", "<|bos|>"]
-    pool = torch.tensor([sp(t) for t in spans] * 6 + list(v.code_ids)[:20] + list(v.action_ids) + [5, 6, 7])
+    cells = list(v.cell_ids)[::5]
+    pool = torch.tensor([sp(t) for t in spans] * 6 + list(v.code_ids)[:20] + list(v.action_ids) + cells + [5, 6, 7])
     B = 16
     for _ in range(12):
         L = int(torch.randint(1, 40, (), generator=gen))

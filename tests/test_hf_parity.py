@@ -9,6 +9,8 @@ pytest.importorskip("transformers", reason="HF transformers is the independent r
 
 from ringworld.model.hf import from_hf, hf_config, model_config, to_hf, weight_names  # noqa: E402
 from ringworld.model.transformer import ModelConfig, Transformer  # noqa: E402
+from ringworld.train.config import TrainConfig  # noqa: E402
+from ringworld.train.optim import make_optimizer  # noqa: E402
 
 TOL = 1e-5
 
@@ -122,3 +124,16 @@ def test_packed_row_matches_documents_run_apart(qk_norm: bool) -> None:
     assert max_diff(packed, apart) < TOL
     with torch.no_grad():  # without segments the second document would see the first
         assert max_diff(model(ids, positions=positions), apart) > 1e-3
+
+
+def test_muon_takes_the_same_matrices_in_either_layout() -> None:
+    """The throughput bench gives both frameworks one optimizer: Muon must find HF's block matrices."""
+    ours, theirs = pair(tiny(qk_norm=False, tie=False))
+    cfg = TrainConfig(out="", optimizer="muon")
+
+    def muon_shapes(model: torch.nn.Module) -> list[tuple[int, ...]]:
+        muon = make_optimizer(model, cfg, torch.device("cpu"))[1]
+        return sorted(tuple(p.shape) for group in muon.param_groups for p in group["params"])
+
+    assert muon_shapes(ours) == muon_shapes(theirs)
+    assert len(muon_shapes(ours)) == 7 * ours.cfg.n_layers  # q, k, v, o, gate, up and down of each block

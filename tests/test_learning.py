@@ -13,6 +13,7 @@ from ringworld.data.packing import pack
 from ringworld.documents import Image, Text, Video
 from ringworld.model.transformer import ModelConfig, Transformer
 from ringworld.tokens.bundle import load_codec
+from ringworld.tokens.codec import Codec
 from ringworld.train.config import TrainConfig
 from ringworld.train.curves import HeldOutCurves
 from ringworld.train.loop import train
@@ -98,7 +99,8 @@ def test_muon_is_torchs_in_bf16_and_orthogonalises_in_fp32():
 
 
 def test_frames_of_targets_and_the_determined_frames(world_tokenizer_dir):
-    codec = load_codec(world_tokenizer_dir)
+    saved = load_codec(world_tokenizer_dir)
+    codec = Codec.build(saved.text, saved.vision, delta_frames=False)
     rng = np.random.default_rng(0)
     clip = rng.integers(0, 255, (3, 32, 32, 3), dtype=np.uint8)
     docs = [codec.encode([Text("words")]), codec.encode([Video(pixels=clip)])]
@@ -114,6 +116,17 @@ def test_frames_of_targets_and_the_determined_frames(world_tokenizer_dir):
     assert frames_of_codes == [0] * (h * w) + [1] * (h * w) + [2] * (h * w)
     assert (frame[:video_start] == 0).all()  # the text document before it counts no frame
     assert int(frame[video_start + 2 + body]) == 1  # the first target of frame 1
+
+    delta = Codec.build(saved.text, saved.vision, delta_frames=True)  # frames 1 and 2 as their changes
+    batch = pack([delta.encode([Video(pixels=clip)])], 512, delta.vocab.special("<|pad|>"))
+    targets, frame = (
+        batch.targets[0],
+        HeldOutCurves(delta, TaskConfig(video_frames=3), 0, documents=2).frame_of_target(batch)[0],
+    )
+    cells = (targets >= delta.vocab.cell_ids.start) & (targets < delta.vocab.cell_ids.stop)
+    codes = delta.vision.encode(clip).reshape(3, -1)
+    changed = [int((codes[t] != codes[t - 1]).sum()) for t in (1, 2)]
+    assert frame[cells].tolist() == [1] * changed[0] + [2] * changed[1]
 
 
 def test_curves_are_finite_and_improve_with_training(world_tokenizer_dir, tmp_path):

@@ -95,5 +95,19 @@ def test_json_round_trip_and_mismatch():
 
 @pytest.mark.parametrize("bad", [{"text_size": 0, "num_codes": 5}, {"text_size": 10, "num_codes": 2.5}])
 def test_rejects_bad_sizes(bad):
-    with pytest.raises(ValueError, match="must be a positive int"):
+    with pytest.raises(ValueError, match="must be an int >= 1"):
         Vocab(**bad)
+
+
+def test_cells_come_last_as_vision_ids_and_round_trip_through_json():
+    vocab = Vocab(text_size=300, num_codes=50, num_cells=36)
+    assert vocab.cell_ids == range(367, 403) and vocab.size == 403
+    assert vocab.action_ids == VOCAB.action_ids  # the ranges before them do not move
+    assert vocab.is_cell(367) and not vocab.is_cell(366) and not VOCAB.is_cell(367)
+    assert vocab.describe(370) == "id 370 (cell 3)"
+    assert vocab.modality(np.array([367, 402, 366])).tolist() == [MODALITY_VISION, MODALITY_VISION, MODALITY_TEXT]
+    assert Vocab.from_json(vocab.to_json()) == vocab
+    older = {k: v for k, v in VOCAB.to_json().items() if k != "num_cells"}  # saved before cells existed
+    assert Vocab.from_json(older) == VOCAB
+    with pytest.raises(ValueError, match="num_cells must be an int >= 0"):
+        Vocab(text_size=300, num_codes=50, num_cells=-1)

@@ -55,6 +55,13 @@ def add_parsers(commands) -> None:
     )
     train.add_argument("--text-vocab", type=positive_int, default=512, help="BPE vocabulary size (default: 512)")
     train.add_argument(
+        "--delta-frames",
+        action=argparse.BooleanOptionalAction,
+        default=True,
+        help="write each video frame after the first as its changes from the frame before (cell, code pairs), "
+        "not as whole rows: short videos, and the model learns the motion itself (default: on)",
+    )
+    train.add_argument(
         "--seed", type=int, default=0, help="seed of the corpus, the frames and the weights (default: 0)"
     )
     world_args(train)
@@ -87,6 +94,7 @@ def _train(args: argparse.Namespace) -> None:
         max_seconds=args.max_seconds or None,
         batch_size=args.batch_size,
         seed=args.seed,
+        delta_frames=args.delta_frames,
     )
     print(metrics_table(metrics))
     if metrics["codebook_utilization"] < 0.05 and metrics["oracle_agreement"] < 0.5:

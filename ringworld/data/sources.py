@@ -20,9 +20,19 @@ from ringworld.data.shards import ShardDataset
 from ringworld.tokens.codec import Codec, Encoded
 from ringworld.tokens.vocab import Vocab
 from ringworld.world.sim import WorldConfig
-from ringworld.world.tasks import NEEDLE_TASKS, TaskConfig, check_task_weights, fit_needles, sample_mixture, sample_task
+from ringworld.world.tasks import DETERMINED_FROM as DETERMINED_FROM  # for training, which sees the world only here
+from ringworld.world.tasks import (
+    NEEDLE_TASKS,
+    TaskConfig,
+    TaskSample,
+    check_task_weights,
+    fit_needles,
+    sample_mixture,
+    sample_task,
+)
 
 MISSES_BEFORE_CLOSING = 8  # documents that did not fit before a world row is closed
+DRAWN_AT_ONCE = 16  # world documents sampled and encoded together: about what a row of 512 ids tries
 
 
 def drop_caption(doc: Encoded, vocab: Vocab) -> Encoded:
@@ -79,10 +89,12 @@ class WorldSource:
         rng = np.random.default_rng([self.seed, step, row])
         packer = RowPacker(self.seq_len, self.codec.vocab.special("<|pad|>"))
         misses = 0
+        drawn: list[tuple[TaskSample, Encoded, bool]] = []
         while misses < MISSES_BEFORE_CLOSING and packer.free > 0:
-            sample = sample_mixture(rng, self.task_weights, self.task_config)
-            doc = self.codec.encode(sample.document)
-            if rng.random() < self.caption_dropout:
+            if not drawn:  # the next documents in the rng's order, their pixels encoded in one call
+                drawn = self._draw(rng, DRAWN_AT_ONCE)
+            sample, doc, dropped = drawn.pop(0)
+            if dropped:
                 doc = drop_caption(doc, self.codec.vocab)
             if len(doc) > self.seq_len and sample.task == "needle_text":
                 # its filler is sized for the row statistically (``fit_needles``): the rare longer one is drawn again
@@ -95,6 +107,16 @@ class WorldSource:
                 )
             misses += not packer.add(doc)
         return packer
+
+    def _draw(self, rng: np.random.Generator, n: int) -> list[tuple[TaskSample, Encoded, bool]]:
+        """``n`` (sample, encoding, caption dropped) in the order one at a time would draw them: a
+        row's documents do not depend on how many are drawn at once, only on the row's rng."""
+        samples, dropped = [], []
+        for _ in range(n):
+            samples.append(sample_mixture(rng, self.task_weights, self.task_config))
+            dropped.append(bool(rng.random() < self.caption_dropout))
+        encoded = self.codec.encode_batch([s.document for s in samples])
+        return list(zip(samples, encoded, dropped, strict=True))
 
     def batch(self, step: int, rows: slice = slice(None)) -> PackedBatch:
         return rows_to_batch([self._row(step, r) for r in range(self.num_rows)[rows]])
@@ -211,10 +233,11 @@ def world_source(
     seed: int,
     task_weights: dict[str, float] | None,
     caption_dropout: float,
+    determined_only: bool = False,
 ) -> WorldSource:
     """The world-task source of a tokenizer's world (``world``: ``WorldConfig``'s fields, as
     ``ringworld.tokens.bundle.world_settings`` reads them); needle haystacks are sized to the row."""
-    task_config = TaskConfig(world=WorldConfig(**world), video_frames=video_frames)
+    task_config = TaskConfig(world=WorldConfig(**world), video_frames=video_frames, determined_only=determined_only)
     if task_weights and any(task_weights.get(t, 0) > 0 for t in NEEDLE_TASKS):
         task_config = fit_needles(task_config, codec, seq_len)
     return WorldSource(

@@ -2,7 +2,9 @@
 
 Inside an image or video only visual codes are allowed, ``<|eol|>`` and ``<|eof|>`` are forced at
 their places, actions can be forced between frames, and a span is closed at its length, so every
-constrained span decodes. The state is kept as tensors on the device: no host syncs while decoding.
+constrained span decodes. A video frame written as its changes (``Codec.delta_frames``) takes
+cells after the last one it named, each followed by one code, until the model ends it with
+``<|eof|>``. The state is kept as tensors on the device: no host syncs while decoding.
 """
 
 from __future__ import annotations
@@ -19,7 +21,8 @@ class SpanGrammar:
     """Which ids may come next, for a batch of rows, following the codec's layout.
 
     State per row: the span it is in (free text, image, video), the position inside the current
-    frame body (rows of codes, each closed by ``<|eol|>``), the frames finished in the video,
+    frame body (rows of codes, each closed by ``<|eol|>``; in a frame of changes, one past the
+    last cell named), the frames finished in the video,
     the last token, and whether the row has stopped. ``allowed()`` gives a (B, V) mask; forced
     tokens are masks with one id.
     """
@@ -32,6 +35,8 @@ class SpanGrammar:
         self.open_image, self.close_image = sp("<|image|>"), sp("<|/image|>")
         self.open_video, self.close_video = sp("<|video|>"), sp("<|/video|>")
         self.code_lo, self.code_hi = v.code_ids.start, v.code_ids.stop
+        self.cell_lo, self.cell_hi = v.cell_ids.start, v.cell_ids.stop
+        self.delta = codec.delta_frames
         self.device = torch.device(device)
 
         def mask(ids) -> torch.Tensor:
@@ -41,7 +46,9 @@ class SpanGrammar:
 
         self.codes = mask(v.code_ids)
         self.actions = mask(v.action_ids)
-        in_span_only = [*v.code_ids, self.eol, self.eof, self.close_image, self.close_video]
+        self.cell_of_id = torch.arange(v.size, device=self.device) - self.cell_lo  # (V,) the cell an id names
+        self.cells = (self.cell_of_id >= 0) & (self.cell_of_id < v.num_cells)
+        in_span_only = [*v.code_ids, *v.cell_ids, self.eol, self.eof, self.close_image, self.close_video]
         self.free = ~mask([*in_span_only, self.pad, sp("<|bos|>")])
         self.only = {tok: mask([tok]) for tok in (self.eol, self.eof, self.pad, self.close_image, self.close_video)}
         self.by_span = torch.stack([self.free, self.codes])  # (2, V): outside a span, inside one
@@ -101,8 +108,11 @@ class SpanGrammar:
         """Move every row's state past ``tokens`` (B,); <|pad|> leaves a state as it is."""
         real = tokens != self.pad
         in_span = self.span != FREE
-        body = in_span & (((tokens >= self.code_lo) & (tokens < self.code_hi)) | (tokens == self.eol))
+        changes = self.in_changes()
+        body = in_span & ~changes & (((tokens >= self.code_lo) & (tokens < self.code_hi)) | (tokens == self.eol))
         self.pos = torch.where(body, self.pos + 1, self.pos)
+        cell = changes & (tokens >= self.cell_lo) & (tokens < self.cell_hi)
+        self.pos = torch.where(cell, tokens - self.cell_lo + 1, self.pos)
         eof = in_span & (tokens == self.eof)
         self.frames = torch.where(eof, self.frames + 1, self.frames)
         self.pos = torch.where(eof, 0, self.pos)
@@ -116,6 +126,10 @@ class SpanGrammar:
         self.frames = torch.where(reset, 0, self.frames)
         self.prev = torch.where(real, tokens, self.prev)
 
+    def in_changes(self) -> torch.Tensor:
+        """(B,) bool: rows inside a video frame written as its changes (any frame after the first)."""
+        return (self.span == VIDEO) & (self.frames >= 1) & self.delta
+
     def stop(self, stopped: torch.Tensor) -> None:
         self.done |= stopped
 
@@ -124,6 +138,12 @@ class SpanGrammar:
         only a few ops touch the (B, V) mask (a ``where`` over it costs ~10x an ``&``)."""
         in_span = self.span != FREE
         out = self.by_span[in_span.long()]  # (B, V): visual codes inside a span, free text outside
+        changes = self.in_changes()
+        if self.delta:  # a later cell or <|eof|>; right after a cell, its code
+            after_cell = changes & (self.prev >= self.cell_lo) & (self.prev < self.cell_hi)
+            listing = (changes & ~after_cell)[:, None]
+            later = (self.cells & (self.cell_of_id >= self.pos[:, None])) | self.only[self.eof]
+            out = (out & ~listing) | (listing & later)
         between = (self.span == VIDEO) & (self.pos == 0) & (self.prev == self.eof)
         ids = torch.arange(self.vocab_size, device=self.device)
         if self.video_actions.size(1):
@@ -135,11 +155,11 @@ class SpanGrammar:
         open_end = between & (self.video_frames == 0)  # the model may close the video here
         out = out | (open_end[:, None] & self.only[self.close_video])
         last = between & (self.video_frames > 0) & (self.frames >= self.video_frames)
-        eol = in_span & (self.pos < self.body) & (self.pos % self.row == self.row - 1)
+        eol = in_span & ~changes & (self.pos < self.body) & (self.pos % self.row == self.row - 1)
         rules = (  # the one id a row must take, the last rule that holds winning
             (eol, self.eol),
             ((self.span == IMAGE) & (self.pos == self.body), self.close_image),
-            ((self.span == VIDEO) & (self.pos == self.body), self.eof),
+            ((self.span == VIDEO) & ~changes & (self.pos == self.body), self.eof),
             (last, self.close_video),
             (self.done, self.pad),
         )

@@ -123,7 +123,8 @@ def drawing_budget(wm: WorldModel, kind: type, frames: int) -> dict:
     """``generate`` arguments that make one image, or a video of ``frames`` frames, and stop there."""
     video = kind is Video
     return {
-        "max_new_tokens": frames * (wm.codec.frame_length + video) + 1,  # a video's frames each end in <|eof|>
+        # a video's frames each end in <|eof|>, and those written as changes may be longer than rows
+        "max_new_tokens": frames * (wm.codec.longest_frame + 1 if video else wm.codec.frame_length) + 1,
         "video_frames": frames if video else 0,
         "stop": (_special(wm, "<|/video|>" if video else "<|/image|>"),),
     }
@@ -261,7 +262,7 @@ def predict(
             prompts = [_prompt(wm, [Video(pixels=clip)], drop=2) for clip in context[part]]
             tokens = wm.generate(
                 prompts,
-                max_new_tokens=n * (wm.codec.frame_length + 1) + 1,
+                max_new_tokens=n * (wm.codec.longest_frame + 1) + 1,
                 sampling=sampling,
                 video_frames=context.shape[1] + n,
                 stop=[_special(wm, "<|/video|>")],
@@ -298,7 +299,7 @@ def rollout(
             prompts = [_prompt(wm, [Video(pixels=frame[None])], drop=2) for frame in made[-1][part, -1]]
             tokens = wm.generate(
                 prompts,
-                max_new_tokens=chunk.shape[1] * (wm.codec.frame_length + 2) + 1,
+                max_new_tokens=chunk.shape[1] * (wm.codec.longest_frame + 2) + 1,
                 sampling=sampling,
                 video_frames=1 + chunk.shape[1],
                 video_actions=chunk[part].tolist(),

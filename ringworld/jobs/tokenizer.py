@@ -33,8 +33,10 @@ def train_tokenizers(
     seed: int = 0,
     eval_frames: int = 2000,
     progress: bool = True,
+    delta_frames: bool = True,
 ) -> dict:
-    """Train both tokenizers, write them atomically to ``out`` with ``metrics.json``; return the metrics."""
+    """Train both tokenizers, write them atomically to ``out`` with ``metrics.json``; return the metrics.
+    ``delta_frames``: the codec writes video frames after the first as their changes (``tokens.codec``)."""
     vision = vision or VisionConfig(frame_size=world.frame_size)
     if vision.frame_size != world.frame_size:
         raise ValueError(
@@ -66,7 +68,7 @@ def train_tokenizers(
         vision=asdict(vision),
     )
     with atomic_directory(out) as tmp:
-        save_tokenizers(tmp, text, result.model)
+        save_tokenizers(tmp, text, result.model, delta_frames=delta_frames)
         (tmp / "metrics.json").write_text(json.dumps(metrics, indent=2) + "\n")
     return metrics
 

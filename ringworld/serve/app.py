@@ -214,19 +214,22 @@ def make_app(wm: WorldModel, worker: Worker, *, name: str, limits: Limits = Limi
 
         yield chunk({"role": "assistant", "content": ""})
         tokens: list[int] = []
-        sent, reason = "", "stop"
+        text, sent, reason = "", "", "stop"
         try:
             async for token in worker.tokens(request):  # leaving this loop early cancels the request
                 tokens.append(token)
                 text, reason = finish(answer_text(wm, prompt, np.array(tokens)), stops, np.array(tokens), request)
-                if len(text) > len(sent) and text.startswith(sent):
-                    yield chunk({"content": text[len(sent) :]})
-                    sent = text
+                stable = text.rstrip("\ufffd")  # a character whose bytes are cut short may still complete
+                if len(stable) > len(sent) and stable.startswith(sent):
+                    yield chunk({"content": stable[len(sent) :]})
+                    sent = stable
                 if reason == "stop" and any(s and s in answer_text(wm, prompt, np.array(tokens)) for s in stops):
                     break
         except Busy as e:
             yield f"data: {json.dumps({'error': {'message': str(e), 'type': 'rate_limit_error'}})}\n\n"
             return
+        if len(text) > len(sent) and text.startswith(sent):  # bytes that never made a character
+            yield chunk({"content": text[len(sent) :]})
         yield chunk({}, reason)
         yield "data: [DONE]\n\n"
 

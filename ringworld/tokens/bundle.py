@@ -3,7 +3,7 @@
 DIR/tokenizer.json          text BPE (Hugging Face tokenizers)
 DIR/vision/config.json      vision autoencoder config
 DIR/vision/model.safetensors
-DIR/vocab.json              id ranges of the one vocabulary, and the image grid
+DIR/vocab.json              id ranges of the one vocabulary (cells: video frames as changes), the image grid
 DIR/metrics.json            how well the vision tokenizer reconstructs, and the world it was trained on
 """
 
@@ -20,12 +20,15 @@ from ringworld.tokens.vision import VisionTokenizer
 from ringworld.tokens.vocab import Vocab
 
 
-def save_tokenizers(directory: str | Path, text: TextTokenizer, vision: VisionTokenizer) -> None:
-    """Write a tokenizer directory (use ``ringworld.io.atomic_directory`` around it to be atomic)."""
+def save_tokenizers(
+    directory: str | Path, text: TextTokenizer, vision: VisionTokenizer, *, delta_frames: bool = True
+) -> None:
+    """Write a tokenizer directory (use ``ringworld.io.atomic_directory`` around it to be atomic);
+    ``delta_frames``: its codec writes video frames after the first as their changes."""
     directory = Path(directory)
     text.save(directory)
     vision.save(directory / "vision")
-    codec = Codec.build(text, vision)
+    codec = Codec.build(text, vision, delta_frames=delta_frames)
     meta = {"vocab": codec.vocab.to_json(), "grid": list(codec.grid), "frame_size": vision.frame_size}
     (directory / "vocab.json").write_text(json.dumps(meta, indent=2) + "\n")
 
@@ -40,8 +43,8 @@ def load_codec(directory: str | Path, device: str | torch.device = "cpu") -> Cod
         )
     text = TextTokenizer.load(directory)
     vision = VisionTokenizer.load(directory / "vision", device=device)
-    codec = Codec.build(text, vision)
     saved = Vocab.from_json(json.loads((directory / "vocab.json").read_text())["vocab"])
+    codec = Codec.build(text, vision, delta_frames=saved.num_cells > 0)
     if saved != codec.vocab:
         raise ValueError(
             f"{directory}/vocab.json does not match its tokenizers ({saved} vs {codec.vocab}); "

@@ -23,9 +23,10 @@ class MalformedTokens(ValueError):
     """An id sequence that is not the encoding of any document."""
 
 
-# Token kinds for the parser: text, code, action, out of range, then one per special token.
+# Token kinds for the parser: text, code, action, out of range, then one per special token, then cell.
 TEXT, CODE, ACTION, BAD = 0, 1, 2, 3
 _S = {name: 4 + i for i, name in enumerate(SPECIAL_TOKENS)}
+CELL = 4 + len(SPECIAL_TOKENS)
 BOS, EOS, PAD, SEP = _S["<|bos|>"], _S["<|eos|>"], _S["<|pad|>"], _S["<|sep|>"]
 IMAGE, CLOSE_IMAGE, EOL = _S["<|image|>"], _S["<|/image|>"], _S["<|eol|>"]
 VIDEO, CLOSE_VIDEO, EOF = _S["<|video|>"], _S["<|/video|>"], _S["<|eof|>"]
@@ -48,7 +49,7 @@ class Parser:
     def __init__(self, codec: Codec, ids: np.ndarray, lenient: bool, fast: bool = True) -> None:
         self.codec, self.vocab, self.ids, self.n = codec, codec.vocab, ids, len(ids)
         h, w = codec.grid
-        self.code_start = codec.vocab.code_ids.start
+        self.code_start, self.cell_start = codec.vocab.code_ids.start, codec.vocab.cell_ids.start
         # kinds of one well-formed frame body (rows with their <|eol|>), for the fast path
         self.frame_kinds = np.full((h, w + 1), CODE, dtype=np.int8)
         self.frame_kinds[:, w] = EOL
@@ -60,6 +61,7 @@ class Parser:
         kind[v.is_text(ids)] = TEXT
         kind[v.is_code(ids)] = CODE
         kind[v.is_action(ids)] = ACTION
+        kind[v.is_cell(ids)] = CELL
         special = v.is_special(ids)
         kind[special] = 4 + (ids[special] - v.special_ids.start)
         self.kind = kind
@@ -141,7 +143,7 @@ class Parser:
     def stray(self, i: int) -> int:
         """A token that cannot stand between segments; a run of its kind is dropped as one."""
         k, j = self.k(i), self.run_end(i)
-        if k in (CODE, EOL, EOF, CLOSE_IMAGE, CLOSE_VIDEO):
+        if k in (CODE, CELL, EOL, EOF, CLOSE_IMAGE, CLOSE_VIDEO):
             message = f"position {i}: {self.d(i)} outside an image or video span"
         elif k in (ACTION, CLOSE_ACTIONS):
             message = f"position {i}: {self.d(i)} outside an <|actions|> span or a video"
@@ -182,9 +184,12 @@ class Parser:
             if k == CLOSE_VIDEO:
                 i += 1
                 break
-            if k in (CODE, EOL, EOF):  # a frame (a lone <|eof|> is an empty one)
+            if k in (CODE, CELL, EOL, EOF):  # a frame (a lone <|eof|> is an empty one)
                 t, closed = len(frames), True
-                if self.block(i, EOF):
+                if t and self.codec.delta_frames:
+                    codes, i, closed = self.changes(i, frames[-1], f"video frame {t}", p)
+                    frames.append(codes)
+                elif self.block(i, EOF):
                     frames.append(self.block_codes(i))
                     i += len(self.frame_kinds) + 1
                 else:
@@ -206,6 +211,40 @@ class Parser:
             self.fault(f"position {i}: {self.d(i)} inside a video (opened at position {p}){hint}", "dropped it")
             i += 1
         return Video(codes=self.frames(frames), actions=self.video_actions(acts, act_at, p)), i
+
+    def changes(self, i: int, before: np.ndarray, what: str, p: int) -> tuple[np.ndarray, int, bool]:
+        """A frame written as its changes from ``before`` (``cell code`` pairs, then <|eof|>): its
+        (h, w) codes, the position after it, and False when a token outside the span cut it short."""
+        codes, last = before.copy(), -1
+        while True:
+            k = self.k(i)
+            if k == CELL and self.k(i + 1) == CODE:
+                cell = int(self.ids[i]) - self.cell_start
+                if cell <= last:
+                    self.fault(
+                        f"position {i}: {what} changes cell {cell} after cell {last}; cells come in raster order, "
+                        f"each once",
+                        "applied it anyway",
+                    )
+                codes.flat[cell] = self.ids[i + 1] - self.code_start
+                last, i = max(last, cell), i + 2
+            elif k == EOF:
+                return codes, i + 1, True
+            elif k == CELL and self.k(i + 1) in CLOSERS:  # cut off between a cell and its code
+                self.unclosed(i + 1, "a video", p, "<|video|>")
+                return codes, i + 1, False
+            elif k == CLOSE_VIDEO:
+                self.fault(f"position {i}: {what} ends without <|eof|>", "ended the frame there")
+                return codes, i, True
+            elif k in CLOSERS:
+                self.unclosed(i, "a video", p, "<|video|>")
+                return codes, i, False
+            else:
+                self.fault(
+                    f"position {i}: {self.d(i)} inside {what}, which lists its changes: a cell, then its visual code",
+                    "dropped it",
+                )
+                i += 1
 
     def frames(self, frames: list[np.ndarray]) -> np.ndarray:
         h, w = self.codec.grid

@@ -1,7 +1,9 @@
-"""One id space for every modality: ``[text BPE ids | special tokens | visual codes | actions]``.
+"""One id space for every modality: ``[text BPE ids | special tokens | visual codes | actions | cells]``.
 
 Each range is contiguous and disjoint, so one embedding table and one LM head serve all
-modalities, and the kind of any id is read off by comparing it with the range bounds.
+modalities, and the kind of any id is read off by comparing it with the range bounds. Cells name
+the places of a frame's grid (raster order); a vocabulary has them when its codec writes video
+frames after the first as their changes (``ringworld.tokens.codec``), none otherwise.
 """
 
 from __future__ import annotations
@@ -56,12 +58,14 @@ class Vocab:
 
     text_size: int
     num_codes: int
+    num_cells: int = 0  # grid places (h * w) when video frames are written as changes, else 0
 
     def __post_init__(self) -> None:
-        for name in ("text_size", "num_codes"):
+        for name in ("text_size", "num_codes", "num_cells"):
             value = getattr(self, name)
-            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < 1:
-                raise ValueError(f"Vocab {name} must be a positive int, got {value!r}")
+            least = 0 if name == "num_cells" else 1
+            if not isinstance(value, (int, np.integer)) or isinstance(value, bool) or value < least:
+                raise ValueError(f"Vocab {name} must be an int >= {least}, got {value!r}")
 
     # ranges ------------------------------------------------------------------------------
     @property
@@ -83,8 +87,13 @@ class Vocab:
         return range(start, start + len(ACTIONS))
 
     @property
+    def cell_ids(self) -> range:
+        start = self.action_ids.stop
+        return range(start, start + self.num_cells)
+
+    @property
     def size(self) -> int:
-        return self.action_ids.stop
+        return self.cell_ids.stop
 
     # kinds -------------------------------------------------------------------------------
     def is_text(self, ids: Any) -> Any:
@@ -98,6 +107,9 @@ class Vocab:
 
     def is_action(self, ids: Any) -> Any:
         return _in_range(ids, self.action_ids)
+
+    def is_cell(self, ids: Any) -> Any:
+        return _in_range(ids, self.cell_ids)
 
     # names <-> ids -----------------------------------------------------------------------
     def special(self, name: str) -> int:
@@ -149,6 +161,8 @@ class Vocab:
             what = f"visual code {id - self.code_ids.start}"
         elif self.is_action(id):
             what = f"action {ACTIONS[id - self.action_ids.start]}"
+        elif self.is_cell(id):
+            what = f"cell {id - self.cell_ids.start}"
         else:
             what = f"outside the vocabulary of size {self.size}"
         return f"id {id} ({what})"
@@ -156,7 +170,7 @@ class Vocab:
     def modality(self, ids: np.ndarray) -> np.ndarray:
         """Modality label of each id: (...) int -> (...) uint8.
 
-        Visual codes and the image/video structure tokens are ``MODALITY_VISION``; everything
+        Visual codes, cells and the image/video structure tokens are ``MODALITY_VISION``; everything
         else is ``MODALITY_TEXT``, actions included: an action is a discrete symbol from a small
         set, predicted like a word, and its loss is on the scale of text losses, not of codes.
         """
@@ -164,7 +178,7 @@ class Vocab:
         bad = (ids < 0) | (ids >= self.size)
         if bad.any():
             raise ValueError(f"{self.describe(ids[bad].flat[0])}; ids must lie in 0..{self.size - 1}")
-        vision = self.is_code(ids) | np.isin(ids, [self.special(name) for name in VISION_SPECIALS])
+        vision = self.is_code(ids) | self.is_cell(ids) | np.isin(ids, [self.special(name) for name in VISION_SPECIALS])
         return np.where(vision, MODALITY_VISION, MODALITY_TEXT).astype(np.uint8)
 
     # persistence -------------------------------------------------------------------------
@@ -172,6 +186,7 @@ class Vocab:
         return {
             "text_size": int(self.text_size),
             "num_codes": int(self.num_codes),
+            "num_cells": int(self.num_cells),
             "special_tokens": list(SPECIAL_TOKENS),
             "actions": list(ACTIONS),
         }
@@ -185,4 +200,6 @@ class Vocab:
                     f"this vocab was saved with {key} {list(theirs)}, but this ringworld uses "
                     f"{list(ours)}; the ids would mean different things — retokenize the data"
                 )
-        return cls(text_size=int(data["text_size"]), num_codes=int(data["num_codes"]))
+        return cls(
+            text_size=int(data["text_size"]), num_codes=int(data["num_codes"]), num_cells=int(data.get("num_cells", 0))
+        )

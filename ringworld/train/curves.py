@@ -10,14 +10,16 @@ background every frame is mostly made of.
 | t2i_object_loss / _acc         | text→image: image cells that are not the background code |
 | t2v_object_loss / _acc         | text→video: the same, every frame                        |
 | predict_object_loss / _acc     | prediction: object cells of the frames the context fixes |
-| predict_cell_acc / _frame_acc  | those frames: every cell; frames with every cell right   |
+| predict_cell_acc / _frame_acc  | those frames: every id; frames with every id right       |
 | act_object_loss / _acc, ...    | the same for frames after actions                        |
 | caption_token_acc              | image→text: the caption's tokens                         |
 | qa_token_acc                   | questions: the answer's tokens                           |
 
 Frames the context fixes are those from the third on: two frames show every velocity (and, with
 actions, where the agent goes), so the third is determined; the second is not for objects whose
-velocity the first frame cannot show. Accuracy is the argmax's; loss is in nats.
+velocity the first frame cannot show. A frame's ids are its codes, and for frames written as their
+changes (``Codec.delta_frames``) the cells and the ``<|eof|>`` that ends the list too: what greedy
+decoding must get right to draw the frame. Accuracy is the argmax's; loss is in nats.
 """
 
 from __future__ import annotations
@@ -28,14 +30,13 @@ import torch
 import torch.nn.functional as F
 
 from ringworld.data.packing import IGNORE, PackedBatch, pack
-from ringworld.data.sources import task_documents
+from ringworld.data.sources import DETERMINED_FROM, task_documents
 from ringworld.tokens.codec import Codec
 
 if TYPE_CHECKING:
     from ringworld.world.tasks import TaskConfig
 
 CURVES_SEED = 7_000_011  # held-out documents: neither training's (seed, step, row) nor the oracle eval's
-DETERMINED_FROM = 2  # the first video frame the context fixes
 TASK_KEYS = {  # world task -> the name its metrics go under
     "text_to_image": "t2i",
     "text_to_video": "t2v",
@@ -61,7 +62,7 @@ class HeldOutCurves:
     ) -> None:
         vocab = codec.vocab
         self.background = vocab.code_id(background_code)
-        self.codes = vocab.code_ids
+        self.codes, self.cells = vocab.code_ids, vocab.cell_ids
         self.eof = vocab.special("<|eof|>")
         self.batches: dict[str, PackedBatch] = {}
         for task in TASK_KEYS:
@@ -106,10 +107,15 @@ class HeldOutCurves:
             return {f"{key}_token_acc": _mean(right[scored])}
         nll = F.cross_entropy(logits.flatten(0, 1), batch.targets.flatten(), ignore_index=IGNORE, reduction="none")
         nll = nll.view_as(right)
-        cells = scored & (batch.targets >= self.codes.start) & (batch.targets < self.codes.stop)
+        codes = scored & (batch.targets >= self.codes.start) & (batch.targets < self.codes.stop)
+        # a frame's ids: its codes, and in frames written as changes the cells and the <|eof|> that ends them
+        cells = codes | (scored & (batch.targets >= self.cells.start) & (batch.targets < self.cells.stop))
+        if self.cells:
+            cells |= scored & (batch.targets == self.eof)
         if key in ("predict", "act"):
-            cells &= self.frame_of_target(batch) >= DETERMINED_FROM
-        objects = cells & (batch.targets != self.background)
+            determined = self.frame_of_target(batch) >= DETERMINED_FROM
+            codes, cells = codes & determined, cells & determined
+        objects = codes & (batch.targets != self.background)
         found = {f"{key}_object_loss": _mean(nll[objects]), f"{key}_object_acc": _mean(right[objects])}
         if key in ("predict", "act"):
             found[f"{key}_cell_acc"] = _mean(right[cells])

@@ -90,11 +90,17 @@ class Optimizers(list):
             group["lr"] = group["peak_lr"] * factor
 
 
+def in_blocks(name: str) -> bool:
+    """Whether a parameter lives in a transformer block: ``layers.<i>.`` here, ``model.layers.<i>.`` in
+    HF's layout. Muon takes the blocks' matrices; embeddings, the head and norms go to AdamW."""
+    return name.startswith("layers.") or ".layers." in name
+
+
 def make_optimizer(model: nn.Module, cfg: TrainConfig, device: torch.device) -> Optimizers:
     """``cfg.optimizer``'s optimizers over ``model``'s trainable weights: matrices decay, norms do not.
     AdamW uses the fused kernel where there is one (3-5x faster steps on CPU than foreach)."""
     named = [(n, p) for n, p in model.named_parameters() if p.requires_grad]
-    muon = [p for n, p in named if cfg.optimizer == "muon" and n.startswith("layers.") and p.ndim == 2]
+    muon = [p for n, p in named if cfg.optimizer == "muon" and in_blocks(n) and p.ndim == 2]
     chosen = {id(p) for p in muon}
     rest = [p for _, p in named if id(p) not in chosen]
     adamw_groups = [

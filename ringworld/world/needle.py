@@ -53,6 +53,7 @@ class CodecLike(Protocol):
     """What sizing needs of a codec (``ringworld.tokens.codec.Codec``; world/ does not import tokens/)."""
 
     grid: tuple[int, int]  # (h, w) codes per frame
+    longest_frame: int  # ids of the longest video frame body
     text: Any  # .encode(str) -> list[int] and .encode_batch(list[str]) -> list[list[int]]
 
     def encode(self, doc: Document) -> Any: ...  # has len() = number of ids
@@ -96,10 +97,18 @@ def _text(filler: list[str], at: int, sentence: str, question: str, number: str)
     return Needle("text", doc, number, [], at, len(filler))
 
 
-def _video(rng: np.random.Generator, world: WorldConfig, frames: int, at: int, colour: str, question: str) -> Needle:
+def _haystack_start(rng: np.random.Generator, world: WorldConfig) -> State:
+    """A random scene without squares (a flash is a solid square of colour in every cell)."""
     state = random_state(rng, world)
     shapes = rng.choice(["circle", "triangle"], size=len(state.objects))
-    state = replace(state, objects=tuple(replace(o, shape=str(s)) for o, s in zip(state.objects, shapes, strict=True)))
+    return replace(state, objects=tuple(replace(o, shape=str(s)) for o, s in zip(state.objects, shapes, strict=True)))
+
+
+def _video(rng: np.random.Generator, world: WorldConfig, frames: int, at: int, colour: str, question: str) -> Needle:
+    return _flashed(_haystack_start(rng, world), frames, at, colour, question)
+
+
+def _flashed(state: State, frames: int, at: int, colour: str, question: str) -> Needle:
     states = rollout(state, frames)  # frames + 1 states: the flash takes one frame's place
     pixels = render(states)  # (frames + 1, H, W, 3)
     pixels[at] = PALETTE[colour]
@@ -141,8 +150,9 @@ def prompt_length(codec: CodecLike, needle: Needle) -> int:
 
 
 def _frame_tokens(codec: CodecLike) -> int:
-    h, w = codec.grid
-    return h * (w + 1) + 1  # rows with their <|eol|>, then <|eof|>
+    """Ids a haystack frame takes at most: its rows (or, written as changes, a change at every cell),
+    then <|eof|>. Frames of changes are mostly shorter, so such haystacks leave room unused."""
+    return codec.longest_frame + 1
 
 
 def _flash_codes(codec: CodecLike) -> Video:
@@ -161,12 +171,28 @@ def needle_document(
     if kind == "video":
         colour, question = _pick(COLORS, rng), _pick(FLASH_QUESTIONS, rng)
         flash_only = len(codec.encode([_flash_codes(codec), Text(question)]))
-        frames = (length - flash_only) // _frame_tokens(codec)
-        if frames < 1:
+        surely = (length - flash_only) // _frame_tokens(codec)  # frames that fit at their longest
+        if surely < 1:
             raise ValueError(
                 f"a video needle prompt takes at least {flash_only + _frame_tokens(codec)} ids, got {length}"
             )
-        return _video(rng, world, frames, round(depth * frames), colour, question)
+        state = _haystack_start(rng, world)
+
+        def needle(frames: int) -> Needle:
+            return _flashed(state, frames, round(depth * frames), colour, question)
+
+        def fits(frames: int) -> bool:
+            return prompt_length(codec, needle(frames)) <= length
+
+        # frames written as changes are mostly shorter than their longest: the most that fit, found
+        # by doubling, then halving the gap (``fits`` holds for ``good`` and fails for ``bad``)
+        good, bad = surely, surely + 1
+        while fits(bad):
+            good, bad = bad, 2 * bad
+        while bad - good > 1:
+            middle = (good + bad) // 2
+            good, bad = (middle, bad) if fits(middle) else (good, middle)
+        return needle(good)
     if kind != "text":
         raise ValueError(f"unknown needle kind {kind!r}; kinds are {', '.join(KINDS)}")
     sentence, question, number = _magic(rng)
@@ -196,9 +222,9 @@ def needle_document(
 
 def needle_limits(codec: CodecLike, seq_len: int, world: WorldConfig, samples: int = 512) -> tuple[int, int]:
     """(haystack frames, filler sentences) at most, so that training needle documents fit rows of
-    ``seq_len`` ids: exactly for video (frames have fixed length), and for text with filler
-    lengths measured on ``samples`` seeded sentences, keeping the longest haystack's mean length
-    ``_Z`` standard deviations under the room left."""
+    ``seq_len`` ids: for video at the longest a frame can be (exact for frames written whole), and for
+    text with filler lengths measured on ``samples`` seeded sentences, keeping the longest haystack's
+    mean length ``_Z`` standard deviations under the room left."""
     frame = _frame_tokens(codec)
     video_most = max(
         len(codec.encode([_flash_codes(codec), Text(q, loss=False), Text(c)])) for q in FLASH_QUESTIONS for c in COLORS
