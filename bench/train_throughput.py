@@ -20,9 +20,10 @@ AdamW), as ``ringworld train --optimizer`` builds them. Muon's share of a step i
 time / Muon step time), medians over steps, per framework. MFU counts
 useful FLOPs only (6 x matmul weights per token + causal attention within each document) against
 the measured matmul peak of the device. The two frameworks' steps are timed interleaved in one
-process. The ratios (``dense_ratio``, ``packed_useful_ratio``: ringworld ÷ transformers, useful
-tokens/s) are medians over steps of the paired step-time ratio, which a shared machine's changes of
-speed do not skew; the tokens/s columns are plain totals. Peak memory (resident set on CPU,
+process. The ratios (``dense_ratio_adamw``, ``packed_useful_ratio_adamw``, the same ``_muon``, and
+``_eager_`` for ringworld without compiling: ringworld ÷ transformers, useful tokens/s) are medians
+over steps of the paired step-time ratio, which a shared machine's changes of speed do not skew; the
+tokens/s columns are plain totals. Peak memory (resident set on CPU,
 allocated on an accelerator) is measured for each framework in a fresh process of its own.
 """
 

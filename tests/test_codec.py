@@ -543,3 +543,19 @@ def test_a_video_takes_no_loss_on_its_context_frames(codec, delta_codec, delta):
     assert whole.loss_mask[1:].all()
     with pytest.raises(ValueError, match="loss_from is a frame index in 0..4"):
         Video(codes=frames, loss_from=5)
+
+
+def test_encoding_a_batch_is_encoding_each_document(delta_codec):
+    """One vision call for many documents gives every document's ids, loss mask and modality."""
+    from ringworld.jobs.demo import DEMO_WORLD
+    from ringworld.world.tasks import TaskConfig, sample_task
+    from tests.world_models import demo_codec
+
+    world = demo_codec()
+    rng = np.random.default_rng(0)
+    cfg = TaskConfig(world=DEMO_WORLD, video_frames=4, determined_only=True)
+    docs = [sample_task(t, rng, cfg).document for t in ("predict", "act", "text_to_image", "qa", "image_to_text")] * 2
+    for one, batched in zip(map(world.encode, docs), world.encode_batch(docs), strict=True):
+        for field in ("ids", "loss_mask", "modality"):
+            np.testing.assert_array_equal(getattr(one, field), getattr(batched, field))
+    assert world.encode_batch([[Text("no pixels")]])[0].ids.tolist() == world.encode([Text("no pixels")]).ids.tolist()

@@ -80,7 +80,7 @@ def test_constrained_videos_take_their_length_and_forced_actions(engine, codec):
     h, w = codec.grid
     gen = engine.generate(
         [start, start],
-        max_new_tokens=3 * (h * (w + 1) + 2) + 1,
+        max_new_tokens=3 * (codec.longest_frame + 2) + 1,  # three frames at their longest, each with an action
         sampling=Sampling(temperature=1.5, seed=2),
         video_frames=4,
         video_actions=[[vocab.action_id(a) for a in p] for p in plays],
@@ -181,3 +181,16 @@ def test_same_seed_same_samples_and_bad_prompts_are_refused(engine, codec):
         engine.generate([[10**6]], max_new_tokens=2)
     with pytest.raises(ValueError, match="context"):
         engine.generate(rows, max_new_tokens=engine.model.cfg.max_seq_len)
+
+
+def test_a_video_cut_short_goes_on_with_its_last_frame(codec):
+    """A video the context cut short decodes to the frames asked for: the missing ones unchanged."""
+    from types import SimpleNamespace
+
+    from ringworld.infer.tasks import decoded_media
+
+    frames = np.stack([np.zeros(codec.grid, np.int64), np.ones(codec.grid, np.int64)])
+    ids = codec.encode([Video(codes=frames)]).ids[:-2]  # open after frame 1's <|eof|>: two of four frames
+    pixels = decoded_media(SimpleNamespace(codec=codec), ids, Video, frames=4)
+    assert pixels.shape[0] == 4 and (pixels[2] == pixels[1]).all() and (pixels[3] == pixels[1]).all()
+    assert not (pixels[0] == pixels[1]).all()

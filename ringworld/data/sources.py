@@ -32,7 +32,7 @@ from ringworld.world.tasks import (
 )
 
 MISSES_BEFORE_CLOSING = 8  # documents that did not fit before a world row is closed
-DRAWN_AT_ONCE = 16  # world documents sampled and encoded together: about what a row of 512 ids tries
+DRAWN_AT_ONCE = 8  # world documents sampled and encoded together (a row of 512 ids tries about 15)
 
 
 def drop_caption(doc: Encoded, vocab: Vocab) -> Encoded:

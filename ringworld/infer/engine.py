@@ -223,6 +223,11 @@ class Engine:
         tokens = [row[:end] for row, end in zip(new.cpu().numpy(), lengths.tolist(), strict=True)]
         return Generation(tokens, torch.stack(kept, 1) if return_logits else None)
 
+    def room(self, prompts: Sequence[Sequence[int] | np.ndarray]) -> int:
+        """New ids that fit in the model's context after the longest of ``prompts`` (as padded)."""
+        multiple = self.prefill.row_multiple
+        return self.model.cfg.max_seq_len - -(-max(map(len, prompts)) // multiple) * multiple
+
     def check_prompt(self, prompt: Sequence[int] | np.ndarray, i: int) -> list[int]:
         row = [int(x) for x in prompt]
         if not row:

@@ -135,7 +135,8 @@ class SpanGrammar:
 
     def allowed(self) -> torch.Tensor:
         """(B, V) bool: the ids each row may take next. Worked out per row on (B,) tensors, so that
-        only a few ops touch the (B, V) mask (a ``where`` over it costs ~10x an ``&``)."""
+        only a few ops touch the (B, V) mask, a few more with frames written as changes (a ``where`` over
+        it costs ~10x an ``&``)."""
         in_span = self.span != FREE
         out = self.by_span[in_span.long()]  # (B, V): visual codes inside a span, free text outside
         changes = self.in_changes()

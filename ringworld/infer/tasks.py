@@ -57,6 +57,10 @@ class WorldModel:
     def frame_size(self) -> int:
         return self.engine.codec.vision.frame_size
 
+    def room(self, prompts: Sequence[np.ndarray]) -> int:
+        """New ids that fit in the model's context after the longest of ``prompts``."""
+        return self.engine.room(prompts)
+
     def generate(self, prompts: Sequence[np.ndarray], **kwargs) -> list[np.ndarray]:
         """Each prompt's new tokens (``Engine.generate``'s arguments). The one place the tasks below
         run the model: a server replaces it to send them through its shared batch."""
@@ -101,13 +105,23 @@ def _batches(n: int, size: int):
         yield slice(start, min(n, start + size))
 
 
-def decoded_media(wm: WorldModel, ids: np.ndarray, kind: type) -> np.ndarray:
-    """Pixels of the last image or video in ``ids`` (read leniently; constrained spans always parse)."""
+def decoded_media(wm: WorldModel, ids: np.ndarray, kind: type, frames: int = 0) -> np.ndarray:
+    """Pixels of the last image or video in ``ids`` (read leniently; constrained spans always parse).
+    A video of fewer than ``frames`` frames, cut short by the model's context (frames written as
+    changes can run long), goes on with its last frame: the frames it did not change."""
     segments = wm.codec.decode(ids, lenient=True).segments
     media = [s for s in segments if isinstance(s, kind)]
     if not media:
         raise RuntimeError(f"the model produced no {kind.__name__.lower()}; this is a bug in constrained decoding")
-    return wm.codec.decode_pixels([media[-1]])[0].pixels
+    pixels = wm.codec.decode_pixels([media[-1]])[0].pixels
+    if kind is Video and 0 < len(pixels) < frames:
+        pixels = np.concatenate([pixels, np.repeat(pixels[-1:], frames - len(pixels), axis=0)])
+    return pixels
+
+
+def _fitting(wm: WorldModel, prompts: Sequence[np.ndarray], budget: dict) -> dict:
+    """``budget`` (``generate``'s arguments) with no more new ids than the context has room for."""
+    return budget | {"max_new_tokens": min(budget["max_new_tokens"], wm.room(prompts))}
 
 
 def drawing_prompts(wm: WorldModel, caption: str, kind: type) -> tuple[np.ndarray, np.ndarray]:
@@ -151,9 +165,9 @@ def _from_captions(
             sampling=sampling,
             guidance=guidance,
             uncond_prompts=[u for _, u in pairs],
-            **drawing_budget(wm, kind, frames),
+            **_fitting(wm, prompts, drawing_budget(wm, kind, frames)),
         )
-        out += [decoded_media(wm, np.r_[p, t], kind) for p, t in zip(prompts, made, strict=True)]
+        out += [decoded_media(wm, np.r_[p, t], kind, frames) for p, t in zip(prompts, made, strict=True)]
     return np.stack(out)
 
 
@@ -262,13 +276,14 @@ def predict(
             prompts = [_prompt(wm, [Video(pixels=clip)], drop=2) for clip in context[part]]
             tokens = wm.generate(
                 prompts,
-                max_new_tokens=n * (wm.codec.longest_frame + 1) + 1,
+                max_new_tokens=min(n * (wm.codec.longest_frame + 1) + 1, wm.room(prompts)),
                 sampling=sampling,
                 video_frames=context.shape[1] + n,
                 stop=[_special(wm, "<|/video|>")],
             )
             out += [
-                decoded_media(wm, np.r_[p, t], Video)[context.shape[1] :] for p, t in zip(prompts, tokens, strict=True)
+                decoded_media(wm, np.r_[p, t], Video, context.shape[1] + n)[context.shape[1] :]
+                for p, t in zip(prompts, tokens, strict=True)
             ]
         frames = np.concatenate([frames, np.stack(out)], axis=1)
     return frames[:, clips.shape[1] :]
@@ -299,12 +314,15 @@ def rollout(
             prompts = [_prompt(wm, [Video(pixels=frame[None])], drop=2) for frame in made[-1][part, -1]]
             tokens = wm.generate(
                 prompts,
-                max_new_tokens=chunk.shape[1] * (wm.codec.longest_frame + 2) + 1,
+                max_new_tokens=min(chunk.shape[1] * (wm.codec.longest_frame + 2) + 1, wm.room(prompts)),
                 sampling=sampling,
                 video_frames=1 + chunk.shape[1],
                 video_actions=chunk[part].tolist(),
                 stop=[_special(wm, "<|/video|>")],
             )
-            out += [decoded_media(wm, np.r_[p, t], Video)[1:] for p, t in zip(prompts, tokens, strict=True)]
+            out += [
+                decoded_media(wm, np.r_[p, t], Video, 1 + chunk.shape[1])[1:]
+                for p, t in zip(prompts, tokens, strict=True)
+            ]
         made.append(np.stack(out))
     return np.concatenate(made[1:], axis=1)

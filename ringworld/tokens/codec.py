@@ -27,7 +27,7 @@ tokens) and lists one line per repair in ``Decoded.problems``: the mode for mode
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Protocol
 
 import numpy as np
@@ -104,7 +104,11 @@ class Codec:
         """A codec whose grid and code count come from ``vision.grid`` and ``vision.num_codes``;
         ``delta_frames`` writes video frames after the first as their changes (module docstring)."""
         h, w = vision.grid  # type: ignore[attr-defined]
-        vocab = Vocab(text.vocab_size, int(vision.num_codes), h * w if delta_frames else 0)  # type: ignore[attr-defined]
+        vocab = Vocab(
+            text_size=text.vocab_size,
+            num_codes=int(vision.num_codes),  # type: ignore[attr-defined]
+            num_cells=h * w if delta_frames else 0,
+        )
         return cls(text, vocab, (h, w), vision)
 
     @property
@@ -143,12 +147,14 @@ class Codec:
         frames = [self._check_pixels(_frames(docs[d][i]), i) for d, i in media]  # each (T, H, W, 3)
         codes = np.asarray(self.vision.encode(np.concatenate(frames)))  # type: ignore[union-attr]
         starts = np.cumsum([0] + [len(f) for f in frames])
+        if codes.shape != (starts[-1], *self.grid):
+            raise ValueError(
+                f"the vision tokenizer returned codes of shape {codes.shape} for {starts[-1]} frames; this codec "
+                f"expects ({starts[-1]}, {self.grid[0]}, {self.grid[1]}) — build it with Codec.build(text, vision)"
+            )
         for (d, i), a, b in zip(media, starts[:-1], starts[1:], strict=True):
-            seg = docs[d][i]
-            if isinstance(seg, Image):
-                docs[d][i] = Image(codes=codes[a], loss=seg.loss)
-            else:
-                docs[d][i] = Video(codes=codes[a:b], actions=seg.actions, loss=seg.loss)
+            seg = docs[d][i]  # the same segment (loss flags and all), given as codes
+            docs[d][i] = replace(seg, pixels=None, codes=codes[a] if isinstance(seg, Image) else codes[a:b])
         return [self.encode(doc) for doc in docs]
 
     def encode(self, doc: Document) -> Encoded:

@@ -8,7 +8,7 @@ background every frame is mostly made of.
 | key                            | on                                                       |
 | ------------------------------ | -------------------------------------------------------- |
 | t2i_object_loss / _acc         | text→image: image cells that are not the background code |
-| t2v_object_loss / _acc         | text→video: the same, every frame                        |
+| t2v_object_loss / _acc         | text→video: the same, every frame [1]                    |
 | predict_object_loss / _acc     | prediction: object cells of the frames the context fixes |
 | predict_cell_acc / _frame_acc  | those frames: every id; frames with every id right       |
 | act_object_loss / _acc, ...    | the same for frames after actions                        |
@@ -19,7 +19,9 @@ Frames the context fixes are those from the third on: two frames show every velo
 actions, where the agent goes), so the third is determined; the second is not for objects whose
 velocity the first frame cannot show. A frame's ids are its codes, and for frames written as their
 changes (``Codec.delta_frames``) the cells and the ``<|eof|>`` that ends the list too: what greedy
-decoding must get right to draw the frame. Accuracy is the argmax's; loss is in nats.
+decoding must get right to draw the frame. [1] In frames written as changes, object codes are those
+of the cells that changed to an object: where objects went, a different count from whole frames'
+(so compare object figures only between runs of one layout). Accuracy is the argmax's; loss is in nats.
 """
 
 from __future__ import annotations
@@ -109,17 +111,17 @@ class HeldOutCurves:
         nll = nll.view_as(right)
         codes = scored & (batch.targets >= self.codes.start) & (batch.targets < self.codes.stop)
         # a frame's ids: its codes, and in frames written as changes the cells and the <|eof|> that ends them
-        cells = codes | (scored & (batch.targets >= self.cells.start) & (batch.targets < self.cells.stop))
+        frame_ids = codes | (scored & (batch.targets >= self.cells.start) & (batch.targets < self.cells.stop))
         if self.cells:
-            cells |= scored & (batch.targets == self.eof)
+            frame_ids |= scored & (batch.targets == self.eof)
         if key in ("predict", "act"):
             determined = self.frame_of_target(batch) >= DETERMINED_FROM
-            codes, cells = codes & determined, cells & determined
+            codes, frame_ids = codes & determined, frame_ids & determined
         objects = codes & (batch.targets != self.background)
         found = {f"{key}_object_loss": _mean(nll[objects]), f"{key}_object_acc": _mean(right[objects])}
         if key in ("predict", "act"):
-            found[f"{key}_cell_acc"] = _mean(right[cells])
-            found[f"{key}_frame_acc"] = _frames_right(batch, self.frame_of_target(batch), cells, right)
+            found[f"{key}_cell_acc"] = _mean(right[frame_ids])
+            found[f"{key}_frame_acc"] = _frames_right(batch, self.frame_of_target(batch), frame_ids, right)
         return found
 
 
