@@ -49,9 +49,6 @@ class Video:
     # actions[t] is taken between frame t and frame t + 1 (so len == T - 1), or None
     actions: list[str] | None = None
     loss: bool = True
-    # frames before this one are context the model is not asked to draw: no loss on them (or on the
-    # actions after them), whatever ``loss`` says
-    loss_from: int = 0
 
     def __post_init__(self) -> None:
         _check_one_of(self.pixels, self.codes, "Video")
@@ -66,8 +63,6 @@ class Video:
                     f"(one between each pair of frames), got {len(self.actions)}"
                 )
             _check_actions(self.actions)
-        if not 0 <= self.loss_from <= self.num_frames:
-            raise ValueError(f"loss_from is a frame index in 0..{self.num_frames}, got {self.loss_from}")
 
     @property
     def num_frames(self) -> int:

@@ -526,25 +526,6 @@ def test_edited_documents_never_break_decoding_with_frames_as_changes(delta_code
     test_edited_documents_never_break_decoding.hypothesis.inner_test(delta_codec, doc, edits)
 
 
-@pytest.mark.parametrize("delta", [False, True], ids=["whole-frames", "delta-frames"])
-def test_a_video_takes_no_loss_on_its_context_frames(codec, delta_codec, delta):
-    """``loss_from=2``: the opener, frames 0 and 1 with their <|eof|>s and the action after frame 1
-    are context; frame 2 on takes the segment's loss."""
-    c = delta_codec if delta else codec
-    frames = np.arange(4 * H * W).reshape(4, H, W) % NUM_CODES
-    actions = ["up", "left", "stay"]
-    whole = c.encode([Video(codes=frames, actions=actions)])
-    context = c.encode([Video(codes=frames, actions=actions, loss_from=2)])
-    np.testing.assert_array_equal(whole.ids, context.ids)
-    eofs = np.flatnonzero(whole.ids == c.vocab.special("<|eof|>"))
-    first_drawn = eofs[1] + 2  # after frame 1's <|eof|> and the action that follows it
-    assert c.vocab.action_of(int(whole.ids[first_drawn - 1])) == "left"
-    assert not context.loss_mask[:first_drawn].any() and context.loss_mask[first_drawn:].all()
-    assert whole.loss_mask[1:].all()
-    with pytest.raises(ValueError, match="loss_from is a frame index in 0..4"):
-        Video(codes=frames, loss_from=5)
-
-
 def test_encoding_a_batch_is_encoding_each_document(delta_codec):
     """One vision call for many documents gives every document's ids, loss mask and modality."""
     from ringworld.jobs.demo import DEMO_WORLD
@@ -553,7 +534,7 @@ def test_encoding_a_batch_is_encoding_each_document(delta_codec):
 
     world = demo_codec()
     rng = np.random.default_rng(0)
-    cfg = TaskConfig(world=DEMO_WORLD, video_frames=4, determined_only=True)
+    cfg = TaskConfig(world=DEMO_WORLD, video_frames=4)
     docs = [sample_task(t, rng, cfg).document for t in ("predict", "act", "text_to_image", "qa", "image_to_text")] * 2
     for one, batched in zip(map(world.encode, docs), world.encode_batch(docs), strict=True):
         for field in ("ids", "loss_mask", "modality"):

@@ -20,7 +20,6 @@ from ringworld.data.shards import ShardDataset
 from ringworld.tokens.codec import Codec, Encoded
 from ringworld.tokens.vocab import Vocab
 from ringworld.world.sim import WorldConfig
-from ringworld.world.tasks import DETERMINED_FROM as DETERMINED_FROM  # for training, which sees the world only here
 from ringworld.world.tasks import (
     NEEDLE_TASKS,
     TaskConfig,
@@ -233,11 +232,10 @@ def world_source(
     seed: int,
     task_weights: dict[str, float] | None,
     caption_dropout: float,
-    determined_only: bool = False,
 ) -> WorldSource:
     """The world-task source of a tokenizer's world (``world``: ``WorldConfig``'s fields, as
     ``ringworld.tokens.bundle.world_settings`` reads them); needle haystacks are sized to the row."""
-    task_config = TaskConfig(world=WorldConfig(**world), video_frames=video_frames, determined_only=determined_only)
+    task_config = TaskConfig(world=WorldConfig(**world), video_frames=video_frames)
     if task_weights and any(task_weights.get(t, 0) > 0 for t in NEEDLE_TASKS):
         task_config = fit_needles(task_config, codec, seq_len)
     return WorldSource(

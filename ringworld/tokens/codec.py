@@ -183,10 +183,7 @@ class Codec:
                 rows = self._grid_ids(codes[i]).ravel()  # (h * (w + 1),)
                 add(np.concatenate([[sp["<|image|>"]], rows, [sp["<|/image|>"]]]), seg.loss)
             elif isinstance(seg, Video):
-                ids = self._video_ids(codes[i], seg.actions)
-                context = self._context_length(ids, seg) if seg.loss_from else 0
-                add(ids[:context], False)
-                add(ids[context:], seg.loss)
+                add(self._video_ids(codes[i], seg.actions), seg.loss)
             elif isinstance(seg, Action):
                 acts = [self.vocab.action_id(a) for a in seg.actions]
                 add([sp["<|actions|>"], *acts, sp["<|/actions|>"]], seg.loss)
@@ -285,14 +282,6 @@ class Codec:
             block[:-1, f + 1] = [self.vocab.action_id(a) for a in actions]
             body = body[:-1]
         return np.concatenate([[self._sp["<|video|>"]], body, [self._sp["<|/video|>"]]])
-
-    def _context_length(self, ids: np.ndarray, video: Video) -> int:
-        """Ids of a video's span up to frame ``video.loss_from``: the opener, the frames before it with
-        their <|eof|>s, and the action after the last of them."""
-        if video.loss_from == video.num_frames:
-            return len(ids)
-        eof = np.flatnonzero(ids == self._sp["<|eof|>"])[video.loss_from - 1]
-        return int(eof) + 1 + (video.actions is not None)
 
     def _delta_video_ids(self, codes: np.ndarray, actions: list[str] | None) -> np.ndarray:
         """The first frame's rows, then each frame's changes (module docstring)."""

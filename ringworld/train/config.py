@@ -69,9 +69,6 @@ class TrainConfig:
         None, "world task weights, e.g. text_to_image=2,qa=1", "data", shown="uniform"
     )
     video_frames: int = option(4, "frames in world videos", "data")
-    determined_only: bool = option(
-        False, "prediction and action videos take loss only on the frames their first two fix", "data"
-    )
     caption_dropout: float = option(0.1, "drop prompts with this probability, for classifier-free guidance", "data")
     # model
     preset: str = option("tiny", "model size", "model")

@@ -86,7 +86,6 @@ def make_source(cfg: TrainConfig, codec, world: dict) -> WorldSource | ShardSour
             codec,
             world,
             video_frames=cfg.video_frames,
-            determined_only=cfg.determined_only,
             seq_len=cfg.seq_len,
             rows=cfg.batch_size,
             seed=cfg.seed,

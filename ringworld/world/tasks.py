@@ -5,13 +5,11 @@
 | text_to_image | Text(caption), Image                                  | the image        |
 | image_to_text | Image, Text(instruction), Text(caption)               | the caption      |
 | text_to_video | Text(caption with motion), Video                      | the video        |
-| predict       | Video(frames: the first ``context`` then the future)  | every frame [1]  |
-| act           | Video(frames, actions between them), agent present    | the frames [1]   |
+| predict       | Video(frames: the first ``context`` then the future)  | every frame      |
+| act           | Video(frames, actions between them), agent present    | the frames       |
 | qa            | Image or Video, Text(question), Text(answer)          | the answer       |
 | needle_text   | Text(filler + magic number), Text(question), Text(n)  | the number       |
 | needle_video  | Video(haystack + one flash frame), Text(q), Text(c)   | the colour word  |
-
-[1] With ``TaskConfig.determined_only``, only the frames the context fixes (``DETERMINED_FROM`` on).
 
 The needle tasks (``ringworld.world.needle``) make long documents and are not in the uniform
 mixture (``DEFAULT_TASKS``): name them in the weights to train on them, with their sizes fitted
@@ -29,11 +27,6 @@ from ringworld.documents import ACTIONS, Document, Image, Text, Video
 from ringworld.world.captions import CAPTION_PROMPT, caption, question
 from ringworld.world.needle import CodecLike, Needle, haystack_size, needle_limits, text_needle, video_needle
 from ringworld.world.sim import State, WorldConfig, random_state, render, rollout
-
-# The first video frame the context fixes: two frames show every velocity (and, with actions, where
-# the agent goes), so the third is determined; the second is not for objects whose velocity the
-# first frame cannot show.
-DETERMINED_FROM = 2
 
 
 @dataclass
@@ -54,9 +47,6 @@ class TaskConfig:
     # ``fit_needles`` sizes them for a codec and a row length
     needle_frames: int = 12  # haystack frames in needle_video documents
     needle_sentences: int = 24  # filler sentences in needle_text documents
-    # prediction and action documents take loss only on the frames their context fixes (from
-    # ``DETERMINED_FROM`` on), not on the first ones, which no model can foresee
-    determined_only: bool = False
 
 
 def text_to_image(rng: np.random.Generator, cfg: TaskConfig) -> TaskSample:
@@ -79,20 +69,15 @@ def text_to_video(rng: np.random.Generator, cfg: TaskConfig) -> TaskSample:
     return TaskSample("text_to_video", doc, states)
 
 
-def _loss_from(cfg: TaskConfig) -> int:
-    return min(DETERMINED_FROM, cfg.video_frames) if cfg.determined_only else 0
-
-
 def predict(rng: np.random.Generator, cfg: TaskConfig) -> TaskSample:
     states = rollout(random_state(rng, cfg.world), cfg.video_frames - 1)
-    return TaskSample("predict", [Video(pixels=render(states), loss_from=_loss_from(cfg))], states)
+    return TaskSample("predict", [Video(pixels=render(states))], states)
 
 
 def act(rng: np.random.Generator, cfg: TaskConfig) -> TaskSample:
     actions = [ACTIONS[int(i)] for i in rng.integers(len(ACTIONS), size=cfg.video_frames - 1)]
     states = rollout(random_state(rng, cfg.world, agent=True), cfg.video_frames - 1, actions)
-    video = Video(pixels=render(states), actions=actions, loss_from=_loss_from(cfg))
-    return TaskSample("act", [video], states, actions)
+    return TaskSample("act", [Video(pixels=render(states), actions=actions)], states, actions)
 
 
 def qa(rng: np.random.Generator, cfg: TaskConfig) -> TaskSample:
