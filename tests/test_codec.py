@@ -413,16 +413,22 @@ def check_decoders(codec: Codec, ids: list[int]) -> None:
     assert_is_document(codec, lenient)
 
 
-@SETTINGS
-@given(data=st.data())
-def test_random_ids_never_break_decoding(codec, data):
-    v = codec.vocab
-    token = st.one_of(
+def any_ids(v: Vocab) -> st.SearchStrategy[list[int]]:
+    """Ids of every kind, drawn often from the specials, the codes and (where there are any) the cells."""
+    kinds = [
         st.integers(0, v.size - 1),
         st.sampled_from([v.special(s) for s in SPECIAL_TOKENS]),
         st.integers(v.code_ids.start, v.code_ids.stop - 1),
-    )
-    check_decoders(codec, data.draw(st.lists(token, max_size=60)))
+    ]
+    if v.num_cells:
+        kinds.append(st.integers(v.cell_ids.start, v.cell_ids.stop - 1))
+    return st.lists(st.one_of(*kinds), max_size=60)
+
+
+@SETTINGS
+@given(data=st.data())
+def test_random_ids_never_break_decoding(codec, data):
+    check_decoders(codec, data.draw(any_ids(codec.vocab)))
 
 
 edits = st.tuples(st.sampled_from("idr"), st.integers(0, 10**6), st.integers(0, 10**6))  # (op, where, id)
@@ -510,14 +516,7 @@ def test_malformed_changes_name_the_fault(delta_codec):
 @SETTINGS
 @given(data=st.data())
 def test_random_ids_never_break_decoding_with_frames_as_changes(delta_codec, data):
-    v = delta_codec.vocab
-    token = st.one_of(
-        st.integers(0, v.size - 1),
-        st.sampled_from([v.special(s) for s in SPECIAL_TOKENS]),
-        st.integers(v.code_ids.start, v.code_ids.stop - 1),
-        st.integers(v.cell_ids.start, v.cell_ids.stop - 1),
-    )
-    check_decoders(delta_codec, data.draw(st.lists(token, max_size=60)))
+    check_decoders(delta_codec, data.draw(any_ids(delta_codec.vocab)))
 
 
 @SETTINGS
