@@ -15,7 +15,7 @@ from ringworld.model.transformer import ModelConfig, Transformer
 from ringworld.tokens.bundle import load_codec
 from ringworld.tokens.codec import Codec
 from ringworld.train.config import TrainConfig
-from ringworld.train.curves import HeldOutCurves
+from ringworld.train.curves import FOLLOW_FLOOR, HeldOutCurves, follow_curves
 from ringworld.train.loop import train
 from ringworld.train.loss import background_logit_bias, most_frequent_code, weigh_background
 from ringworld.train.optim import Muon, make_optimizer, orthogonalise
@@ -150,7 +150,7 @@ def test_curves_are_finite_and_improve_with_training(world_tokenizer_dir, tmp_pa
     evals = [r for r in rows if "heldout/t2i_object_acc" in r]
     assert [r["step"] for r in evals] == [10, 20, 30, 40, 50, 60]
     keys = [k for k in evals[0] if k.startswith("heldout/")]
-    assert len(keys) == 14 and all(math.isfinite(r[k]) for r in evals for k in keys)
+    assert len(keys) == 18 and all(math.isfinite(r[k]) for r in evals for k in keys)
     assert all(0 <= r[k] <= 1 for r in evals for k in keys if k.endswith("_acc"))
     object_loss = [sum(r[f"heldout/{t}_object_loss"] for t in ("t2i", "t2v", "predict", "act")) for r in evals]
     assert object_loss[-1] < object_loss[0] - 1.0, object_loss
@@ -162,3 +162,13 @@ def test_curves_are_finite_and_improve_with_training(world_tokenizer_dir, tmp_pa
     events = EventAccumulator(str(run / "tensorboard"))
     events.Reload()
     assert [e.step for e in events.Scalars("heldout/predict_object_acc")] == [10, 20, 30, 40, 50, 60]
+
+
+def test_task_weights_follow_what_the_curves_have_left_to_learn():
+    base = {"text_to_image": 2.0, "image_to_text": 1.0, "predict": 1.0, "needle_text": 0.5}
+    metrics = {"t2i_image_acc": 0.5, "caption_acc": 1.0, "predict_frame_acc": float("nan")}
+    followed = follow_curves(base, metrics)
+    # half learned: half its weight; learned: the floor; not measured (nan, or no metric): as it was
+    assert followed == {"text_to_image": 1.0, "image_to_text": FOLLOW_FLOOR, "predict": 1.0, "needle_text": 0.5}
+    with pytest.raises(ValueError, match="follow_curves needs"):
+        TrainConfig(out="x", follow_curves=True, eval_every=0)

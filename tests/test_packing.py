@@ -193,6 +193,28 @@ def test_world_batches_are_a_function_of_seed_step_and_row(codec):
         again.load_state_dict({"kind": "world", "step": 3, "seed": 8})
 
 
+def test_world_task_weights_move_with_the_state_and_past_a_batch_made_ahead(codec):
+    from ringworld.train.loop import _Prefetcher
+
+    only_qa = {"qa": 1.0}
+    source = WorldSource(codec, seq_len=256, rows=2, seed=3)
+    assert source.mixture() == dict.fromkeys(source.mixture(), 1.0) and "qa" in source.mixture()
+    with _Prefetcher(source, slice(None), background=True) as batches:  # as on an accelerator
+        batches.next()  # step 0 handed out; step 1 made ahead with the uniform mixture
+        batches.set_task_weights(only_qa)
+        got = batches.next()
+        state = json.loads(json.dumps(batches.state))
+    fresh = WorldSource(codec, seq_len=256, rows=2, seed=3, task_weights=only_qa)
+    fresh.step = 1
+    assert torch.equal(got.ids, fresh.next_batch().ids)  # the batch made ahead was made again
+    assert state == {"kind": "world", "step": 2, "seed": 3, "task_weights": only_qa}
+    resumed = WorldSource(codec, seq_len=256, rows=2, seed=3)
+    resumed.load_state_dict(state)
+    assert resumed.mixture() == only_qa and torch.equal(resumed.next_batch().ids, fresh.next_batch().ids)
+    resumed.load_state_dict({"kind": "world", "step": 0, "seed": 3})  # a checkpoint from before: weights stay
+    assert resumed.mixture() == only_qa
+
+
 def test_caption_dropout_leaves_the_unconditional_image(codec):
     from ringworld.world.tasks import sample_task
 

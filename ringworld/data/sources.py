@@ -5,7 +5,8 @@ rank takes its own rows. The global batch never depends on how many processes sh
 process and N processes see the same data, and a run resumes at another world size.
 
 - ``WorldSource``: row ``r`` of step ``s`` is packed from documents drawn with the seed
-  ``(seed, s, r)``; its whole state is the step counter.
+  ``(seed, s, r)`` from the task mixture; its state is the step counter and the task weights
+  (training may move them: ``TrainConfig.follow_curves``).
 - ``ShardSource``: documents in a seeded random order per epoch, packed first-fit in that order;
   its state is (epoch, cursor). Packing reads only the lengths in the index; tokens are read for
   the rows a rank keeps.
@@ -21,6 +22,7 @@ from ringworld.tokens.codec import Codec, Encoded
 from ringworld.tokens.vocab import Vocab
 from ringworld.world.sim import WorldConfig
 from ringworld.world.tasks import (
+    DEFAULT_TASKS,
     NEEDLE_TASKS,
     TaskConfig,
     TaskSample,
@@ -125,12 +127,23 @@ class WorldSource:
         self.step += 1
         return batch
 
+    def mixture(self) -> dict[str, float]:
+        """The task weights documents are drawn with now."""
+        return dict(self.task_weights or dict.fromkeys(DEFAULT_TASKS, 1.0))
+
+    def set_task_weights(self, weights: dict[str, float]) -> None:
+        check_task_weights(weights)
+        self.task_weights = dict(weights)
+
     def state_dict(self) -> dict:
-        return {"kind": "world", "step": self.step, "seed": self.seed}
+        weights = None if self.task_weights is None else dict(self.task_weights)
+        return {"kind": "world", "step": self.step, "seed": self.seed, "task_weights": weights}
 
     def load_state_dict(self, state: dict) -> None:
         _check_state(state, "world", self.seed)
         self.step = int(state["step"])
+        if state.get("task_weights") is not None:  # checkpoints from before follow_curves have none
+            self.set_task_weights(state["task_weights"])
 
 
 class ShardSource:

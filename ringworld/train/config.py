@@ -68,6 +68,13 @@ class TrainConfig:
     tasks: dict[str, float] | None = option(
         None, "world task weights, e.g. text_to_image=2,qa=1", "data", shown="uniform"
     )
+    follow_curves: bool = option(
+        False,
+        "every --eval-every steps, weigh each world task by what its held-out curve has left to learn: its weight "
+        "x (1 - skill), at least 0.1 x its weight (train/curves.py)",
+        "data",
+        shown="off",
+    )
     video_frames: int = option(4, "frames in world videos", "data")
     caption_dropout: float = option(0.1, "drop prompts with this probability, for classifier-free guidance", "data")
     # model
@@ -148,6 +155,8 @@ class TrainConfig:
             problems.append(
                 f"eval_every must be 0 (off) or a multiple of log_every {self.log_every} (got {self.eval_every})"
             )
+        if self.follow_curves and (self.data != "world" or not self.eval_every):
+            problems.append("follow_curves needs world data (--data world) and held-out curves (--eval-every > 0)")
         if self.dtype not in DTYPES:
             problems.append(f"dtype must be one of {', '.join(DTYPES)} (got {self.dtype!r})")
         for check in (

@@ -8,12 +8,14 @@ background every frame is mostly made of.
 | key                            | on                                                       |
 | ------------------------------ | -------------------------------------------------------- |
 | t2i_object_loss / _acc         | text→image: image cells that are not the background code |
+| t2i_image_acc                  | text→image: images with every code right                 |
 | t2v_object_loss / _acc         | text→video: the same, every frame [1]                    |
+| t2v_frame_acc                  | text→video: frames with every id right                   |
 | predict_object_loss / _acc     | prediction: object cells of the frames the context fixes |
 | predict_cell_acc / _frame_acc  | those frames: every id; frames with every id right       |
 | act_object_loss / _acc, ...    | the same for frames after actions                        |
-| caption_token_acc              | image→text: the caption's tokens                         |
-| qa_token_acc                   | questions: the answer's tokens                           |
+| caption_token_acc / caption_acc | image→text: the caption's tokens; captions all right    |
+| qa_token_acc / qa_acc          | questions: the answer's tokens; answers all right        |
 
 Frames the context fixes are those from the third on: two frames show every velocity (and, with
 actions, where the agent goes), so the third is determined; the second is not for objects whose
@@ -48,6 +50,28 @@ TASK_KEYS = {  # world task -> the name its metrics go under
     "image_to_text": "caption",
     "qa": "qa",
 }
+# the whole-answer skill that ``follow_curves`` reads for each task: what greedy decoding must get right
+SKILL_KEYS = {
+    "text_to_image": "t2i_image_acc",
+    "text_to_video": "t2v_frame_acc",
+    "predict": "predict_frame_acc",
+    "act": "act_frame_acc",
+    "image_to_text": "caption_acc",
+    "qa": "qa_acc",
+}
+FOLLOW_FLOOR = 0.1  # the least share of its weight a task keeps once its skill is whole
+
+
+def follow_curves(base: dict[str, float], metrics: dict[str, float]) -> dict[str, float]:
+    """Task weights that follow the learning curves: each task's base weight times what is left to
+    learn, ``1 - skill`` (its ``SKILL_KEYS`` metric), kept at least ``FOLLOW_FLOOR``. A task
+    learned moves its share of the documents to those that are not yet. Tasks without a
+    metric keep their weight."""
+    out = {}
+    for task, weight in base.items():
+        skill = metrics.get(SKILL_KEYS.get(task, ""), float("nan"))
+        out[task] = weight if skill != skill else weight * max(1.0 - skill, FOLLOW_FLOOR)
+    return out
 
 
 class HeldOutCurves:
@@ -106,8 +130,10 @@ class HeldOutCurves:
         scored = batch.weights > 0
         predicted = logits.argmax(-1)
         right = predicted == batch.targets
+        documents = torch.zeros_like(batch.segment_ids)  # one group per document
         if key in ("caption", "qa"):
-            return {f"{key}_token_acc": _mean(right[scored])}
+            whole = _groups_right(batch, documents, scored, right)
+            return {f"{key}_token_acc": _mean(right[scored]), f"{key}_acc": whole}
         nll = F.cross_entropy(logits.flatten(0, 1), batch.targets.flatten(), ignore_index=IGNORE, reduction="none")
         nll = nll.view_as(right)
         codes = scored & (batch.targets >= self.codes.start) & (batch.targets < self.codes.stop)
@@ -122,7 +148,10 @@ class HeldOutCurves:
         found = {f"{key}_object_loss": _mean(nll[objects]), f"{key}_object_acc": _mean(right[objects])}
         if key in ("predict", "act"):
             found[f"{key}_cell_acc"] = _mean(right[frame_ids])
-            found[f"{key}_frame_acc"] = _frames_right(batch, self.frame_of_target(batch), frame_ids, right)
+        if key == "t2i":
+            found["t2i_image_acc"] = _groups_right(batch, documents, frame_ids, right)
+        else:
+            found[f"{key}_frame_acc"] = _groups_right(batch, self.frame_of_target(batch), frame_ids, right)
         return found
 
 
@@ -130,8 +159,9 @@ def _mean(values: torch.Tensor) -> float:
     return round(float(values.float().mean()), 4) if values.numel() else float("nan")
 
 
-def _frames_right(batch: PackedBatch, frame: torch.Tensor, cells: torch.Tensor, right: torch.Tensor) -> float:
-    """The share of (document, frame) pairs among ``cells`` whose every cell is right."""
+def _groups_right(batch: PackedBatch, frame: torch.Tensor, cells: torch.Tensor, right: torch.Tensor) -> float:
+    """The share of (document, frame) pairs among ``cells`` whose every cell is right (``frame`` all
+    zero: of documents)."""
     row = torch.arange(batch.ids.size(0))[:, None].expand_as(frame)
     keys = (row * 100_000 + batch.segment_ids) * 1_000 + frame  # one key per (row, document, frame)
     found, index = keys[cells].unique(return_inverse=True)

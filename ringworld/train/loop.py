@@ -45,7 +45,7 @@ from ringworld.train.checkpoint import (
     save_checkpoint,
 )
 from ringworld.train.config import TrainConfig
-from ringworld.train.curves import HeldOutCurves
+from ringworld.train.curves import HeldOutCurves, follow_curves
 from ringworld.train.loss import (
     LossWeights,
     background_logit_bias,
@@ -208,6 +208,7 @@ def _train(cfg: TrainConfig, d: Distributed, *, resume: bool, stop_at: int | Non
         load_weights(init, model, d)
     optimizer = make_optimizer(model, cfg, d.device)
     source = make_source(cfg, codec, world_settings(run / "tokenizer"))
+    base_weights = source.mixture() if isinstance(source, WorldSource) else {}  # what follow_curves scales
     rows = _global_rows(cfg, d)
     background = _background_code(source, codec.vocab, resume_from or init)
     background_id = None if background is None else codec.vocab.code_id(background)
@@ -284,7 +285,12 @@ def _train(cfg: TrainConfig, d: Distributed, *, resume: bool, stop_at: int | Non
                     "mfu_measured_peak": window["flops"] / seconds / peak,
                 }
                 if curves is not None and (step % cfg.eval_every == 0 or step == end):
-                    record |= {"seconds": elapsed} | {f"heldout/{k}": v for k, v in curves(model, logit_bias).items()}
+                    heldout = curves(model, logit_bias)
+                    record |= {"seconds": elapsed} | {f"heldout/{k}": v for k, v in heldout.items()}
+                    if cfg.follow_curves:
+                        mixture = follow_curves(base_weights, heldout)
+                        batches.set_task_weights(mixture)
+                        record |= {f"task_weight/{task}": round(w, 4) for task, w in mixture.items()}
                 logger.log(record, bar)
             if step % cfg.save_every == 0 and step < end:
                 checkpoint = save(step)
@@ -330,6 +336,16 @@ class _Prefetcher:
     def _make(self) -> tuple[PackedBatch, dict]:
         batch = self.source.next_batch(self.rows)
         return batch, self.source.state_dict()
+
+    def set_task_weights(self, weights: dict[str, float]) -> None:
+        """From the next batch handed out on, draw world documents with these task weights: a batch
+        made ahead with the old ones is dropped and made again."""
+        if self.pending is not None:
+            self.pending.result()
+            self.pending = None
+            self.source.load_state_dict(self.state)
+        self.source.set_task_weights(weights)
+        self.state = self.source.state_dict()
 
     def next(self) -> PackedBatch:
         if self.pool is None:
