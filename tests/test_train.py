@@ -359,7 +359,7 @@ def test_background_batches_and_states_are_those_made_in_turn(world_tokenizer_di
         with loop_module._Prefetcher(made[1], slice(None), background=False) as in_turn:
             for step in range(1, 4):
                 assert torch.equal(ahead.next().ids, in_turn.next().ids)
-                assert ahead.state == in_turn.state == {"kind": "world", "step": step, "seed": 1}
+                assert ahead.state == in_turn.state == {"kind": "world", "step": step, "seed": 1, "task_weights": None}
 
 
 @pytest.mark.slow
