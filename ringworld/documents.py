@@ -49,6 +49,9 @@ class Video:
     # actions[t] is taken between frame t and frame t + 1 (so len == T - 1), or None
     actions: list[str] | None = None
     loss: bool = True
+    # notes[t]: text said between frame t and frame t + 1, after actions[t] ("" says nothing); or None.
+    # World prediction and action documents say there how each object moves (``TaskConfig.say_motion``)
+    notes: list[str] | None = None
 
     def __post_init__(self) -> None:
         _check_one_of(self.pixels, self.codes, "Video")
@@ -63,6 +66,11 @@ class Video:
                     f"(one between each pair of frames), got {len(self.actions)}"
                 )
             _check_actions(self.actions)
+        if self.notes is not None and len(self.notes) != self.num_frames - 1:
+            raise ValueError(
+                f"a video of {self.num_frames} frames takes {self.num_frames - 1} notes "
+                f'(one between each pair of frames, "" for none), got {len(self.notes)}'
+            )
 
     @property
     def num_frames(self) -> int:

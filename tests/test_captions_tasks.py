@@ -5,10 +5,15 @@ import pytest
 
 from ringworld.documents import Image, Video
 from ringworld.world.captions import (
+    QUESTION_KINDS,
     caption,
     direction,
+    direction_of,
+    motion_note,
     parse_caption,
+    parse_motion_note,
     question,
+    question_kind,
     questions,
     region,
     region_name,
@@ -61,6 +66,8 @@ def test_questions_have_the_right_answers():
     twins = State((Obj("red", "circle", 0, 0), Obj("blue", "circle", 24, 24)))
     assert not any(q.startswith("what colour is the circle") for q, _ in questions(twins, np.random.default_rng(0)))
     assert question(state, np.random.default_rng(3)) in questions(state, np.random.default_rng(3))
+    kinds = {question_kind(q) for q in qa}
+    assert kinds == set(QUESTION_KINDS.values()) and question_kind("is it raining?") == "other"
 
 
 @pytest.mark.parametrize("task", list(TASKS))
@@ -106,3 +113,23 @@ def test_caption_corpus_is_text_only_and_seeded():
     corpus = caption_corpus(50, seed=2)
     assert corpus == caption_corpus(50, seed=2) and len(corpus) == 200
     assert all(isinstance(t, str) and t for t in corpus)
+
+
+def test_motion_notes_say_every_move_and_start_at_a_random_frame():
+    rng = np.random.default_rng(3)
+    cfg = TaskConfig(video_frames=5, say_motion=True)
+    starts = {"predict": set(), "act": set()}
+    for i in range(200):
+        sample = sample_task(("predict", "act")[i % 2], rng, cfg)
+        video, states = sample.document[0], sample.states
+        said = [t for t, note in enumerate(video.notes) if note]
+        assert said == list(range(said[0], 4))  # once said, said before every frame after
+        starts[sample.task].add(said[0])
+        for t in said:
+            pairs = zip(states[t].objects, states[t + 1].objects, strict=True)
+            moves = {o.color: direction_of(b.x - o.x, b.y - o.y) for o, b in pairs}
+            assert parse_motion_note(video.notes[t]) == moves
+            assert video.notes[t] == motion_note(states[t], states[t + 1])
+    # prediction says nothing before frame 2 (one frame shows no velocity); actions may from frame 1
+    assert starts == {"predict": {1, 2, 3}, "act": {0, 1, 2, 3}}
+    assert sample_task("predict", rng, TaskConfig(video_frames=5)).document[0].notes is None

@@ -41,7 +41,10 @@ def videos(draw: st.DrawFn) -> Video:
     actions = None
     if t and draw(st.booleans()):
         actions = draw(st.lists(st.sampled_from(ACTIONS), min_size=t - 1, max_size=t - 1))
-    return Video(codes=draw(code_grids(t)), actions=actions, loss=draw(st.booleans()))
+    notes = None
+    if t > 1 and draw(st.booleans()):
+        notes = draw(st.lists(st.text(max_size=8), min_size=t - 1, max_size=t - 1))
+    return Video(codes=draw(code_grids(t)), actions=actions, loss=draw(st.booleans()), notes=notes)
 
 
 segments = st.one_of(
@@ -66,6 +69,7 @@ def assert_same(got: list, want: list) -> None:
             np.testing.assert_array_equal(g.codes, w.codes)
         if isinstance(w, Video):
             assert g.actions == (w.actions or None)  # a 1-frame video's [] decodes as None
+            assert g.notes == (w.notes if w.notes and any(w.notes) else None)  # nothing said decodes as None
 
 
 def span_length(codec: Codec, seg) -> int:
@@ -75,8 +79,13 @@ def span_length(codec: Codec, seg) -> int:
     if isinstance(seg, Image):
         return 2 + H * (W + 1)
     if isinstance(seg, Video):
-        return 2 + seg.num_frames * (H * (W + 1) + 1) + len(seg.actions or [])
+        return 2 + seg.num_frames * (H * (W + 1) + 1) + len(seg.actions or []) + sum(note_lengths(codec, seg))
     return 2 + len(seg.actions)
+
+
+def note_lengths(codec: Codec, video: Video) -> list[int]:
+    """Text ids of each note of a video (0 where nothing is said)."""
+    return [len(codec.text.encode(n)) if n else 0 for n in video.notes or [""] * max(0, video.num_frames - 1)]
 
 
 # round trips -----------------------------------------------------------------------------
@@ -99,6 +108,7 @@ def test_ids_fall_in_their_ranges(codec, doc):
     v = codec.vocab
     ids = codec.encode(doc).ids
     texts = [s for s in doc if isinstance(s, Text)]
+    said = sum(sum(note_lengths(codec, s)) for s in doc if isinstance(s, Video))
     grids = [s.codes[None] if isinstance(s, Image) else s.codes for s in doc if isinstance(s, (Image, Video))]
     acts = [a for s in doc if isinstance(s, (Video, Action)) for a in (s.actions or [])]
     seps = sum(isinstance(a, Text) and isinstance(b, Text) for a, b in zip(doc[:-1], doc[1:], strict=True))
@@ -111,7 +121,7 @@ def test_ids_fall_in_their_ranges(codec, doc):
         elif isinstance(s, Action):
             n_specials += 2
     assert ids.min() >= 0 and ids.max() < v.size
-    assert v.is_text(ids).sum() == sum(len(codec.text.encode(t.text)) for t in texts)
+    assert v.is_text(ids).sum() == sum(len(codec.text.encode(t.text)) for t in texts) + said
     assert v.is_special(ids).sum() == n_specials
     all_codes = np.concatenate([g.ravel() for g in grids]) if grids else np.zeros(0, np.int64)
     np.testing.assert_array_equal(np.sort(v.code_of(ids[v.is_code(ids)])), np.sort(all_codes))
@@ -133,11 +143,12 @@ def test_modality_and_loss_mask_follow_segments(codec, doc):
         if isinstance(seg, Image):
             want_vision += [1] * n
         elif isinstance(seg, Video):
-            vision = [1] * n
-            frame = H * (W + 1) + 1
-            for t in range(len(seg.actions or [])):  # action t right after frame t's <|eof|>
-                vision[1 + (t + 1) * frame + t] = 0
-            want_vision += vision
+            vision = [1]  # <|video|>
+            for t in range(seg.num_frames):  # action t - 1, then note t - 1, then frame t
+                if t:
+                    vision += [0] * (seg.actions is not None) + [0] * note_lengths(codec, seg)[t - 1]
+                vision += [1] * (H * (W + 1) + 1)
+            want_vision += [*vision, 1]  # <|/video|>
         else:
             want_vision += [0] * n
         prev = seg
@@ -485,6 +496,22 @@ def test_frames_after_the_first_are_their_changes(delta_codec):
     assert delta_codec.delta_frames and delta_codec.longest_frame == 2 * H * W  # a change at every cell
     with pytest.raises(ValueError, match="a 3x4 grid has 12"):
         Codec(delta_codec.text, Vocab(v.text_size, NUM_CODES, num_cells=5), GRID)
+
+
+def test_a_note_sits_after_the_action_and_before_the_frame(delta_codec):
+    v, sp = delta_codec.vocab, delta_codec.vocab.special
+    codes = np.zeros((3, H, W), np.int64)
+    codes[2, 0, 0] = 5
+    video = Video(codes=codes, actions=["up", "left"], notes=["", "the blue circle bounces off the wall"])
+    ids = delta_codec.encode([video]).ids.tolist()
+    said = list(delta_codec.text.encode("the blue circle bounces off the wall"))
+    second = ids.index(v.action_id("left"))
+    assert ids[second + 1 : second + 1 + len(said)] == said and ids[second + 1 + len(said)] == v.cell_ids[0]
+    assert ids[ids.index(v.action_id("up")) + 1] == sp("<|eof|>")  # frame 1: nothing said, nothing changed
+    with pytest.raises(MalformedTokens, match="text after its last frame"):
+        delta_codec.decode(ids[:-2] + said + ids[-2:])
+    with pytest.raises(ValueError, match="takes 2 notes"):
+        Video(codes=codes, notes=["a"])
 
 
 @SETTINGS

@@ -92,6 +92,26 @@ def test_constrained_videos_take_their_length_and_forced_actions(engine, codec):
         assert video.actions == played
 
 
+def test_rows_asked_to_say_a_note_say_one_before_each_frame(engine, codec):
+    vocab = codec.vocab
+    start = codec.encode([Video(codes=np.zeros((2, *codec.grid), dtype=np.int64))]).ids[:-2]
+    gen = engine.generate(
+        [start, start],
+        max_new_tokens=3 * (codec.longest_frame + 40),
+        sampling=Sampling(temperature=1.0, seed=4),
+        video_frames=5,
+        video_notes=[True, False],
+        stop=[vocab.special("<|/video|>")],
+    )
+    # random bytes may be bad UTF-8 (lenient reading replaces them); the layout is whole
+    decoded = [codec.decode(np.r_[start, new, vocab.special("<|eos|>")], lenient=True) for new in gen.tokens]
+    assert all("UTF-8" in p for d in decoded for p in d.problems)
+    said, free = (d.segments[0] for d in decoded)
+    assert said.num_frames == free.num_frames == 5
+    assert said.notes[0] == "" and all(said.notes[1:])  # the prompt's gap is given; every drawn frame has one
+    assert free.notes is None  # rows not asked say nothing
+
+
 def test_an_open_video_ends_when_the_model_closes_it_and_still_decodes(engine, codec):
     rows = [np.r_[p, codec.vocab.special("<|video|>")] for p in prompts(codec, 2)]
     h, w = codec.grid

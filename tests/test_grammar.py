@@ -17,7 +17,7 @@ def codec(world_tokenizer_dir, request):
 def _reference_allowed(g: SpanGrammar, b: int) -> torch.Tensor:
     """Row ``b``'s allowed ids, rule by rule as the module's docstring says, one row at a time."""
     span, pos, frames, prev = (int(getattr(g, name)[b]) for name in ("span", "pos", "frames", "prev"))
-    video_frames, actions = int(g.video_frames[b]), g.video_actions[b].tolist()
+    video_frames, actions, notes = int(g.video_frames[b]), g.video_actions[b].tolist(), bool(g.video_notes[b])
 
     def only(token: int) -> torch.Tensor:
         m = torch.zeros(g.vocab_size, dtype=torch.bool)
@@ -33,8 +33,15 @@ def _reference_allowed(g: SpanGrammar, b: int) -> torch.Tensor:
         allowed[g.cell_lo + pos : g.cell_hi] = True  # a cell after the last one named
         allowed[g.eof] = True  # or the end of the frame
     between = span == VIDEO and pos == 0 and prev == g.eof
-    if between and actions and frames <= len(actions) and actions[max(0, min(frames - 1, len(actions) - 1))] >= 0:
-        allowed = only(actions[max(0, min(frames - 1, len(actions) - 1))])
+    action = actions[max(0, min(frames - 1, len(actions) - 1))] if actions else -1
+    has_action = between and frames <= len(actions) and action >= 0
+    after_text, after_action = prev < g.text_hi, g.action_lo <= prev < g.action_hi
+    after_eof_action_or_note = prev == g.eof or after_action or after_text
+    gap = span == VIDEO and frames >= 1 and pos == 0 and not has_action and after_eof_action_or_note
+    if notes and gap:  # a note before the frame: text, then more text or the frame
+        allowed = g.text.clone() if not after_text else allowed | g.text
+    if has_action:
+        allowed = only(action)
     if between and video_frames == 0:
         allowed[g.close_video] = True
     forced = None
@@ -60,7 +67,7 @@ def test_allowed_ids_and_states_follow_the_rules_row_by_row(codec):
     gen = torch.Generator().manual_seed(0)
     spans = ["<|image|>", "<|/image|>", "<|video|>", "<|/video|>", "<|eol|>", "<|eof|>", "<|pad|>", "<|bos|>"]
     cells = list(v.cell_ids)[::5]
-    pool = torch.tensor([sp(t) for t in spans] * 6 + list(v.code_ids)[:20] + list(v.action_ids) + cells + [5, 6, 7])
+    pool = torch.tensor([sp(t) for t in spans] * 6 + list(v.code_ids)[:20] + list(v.action_ids) + cells + [5, 6, 7] * 3)
     B = 16
     for _ in range(12):
         L = int(torch.randint(1, 40, (), generator=gen))
@@ -68,8 +75,9 @@ def test_allowed_ids_and_states_follow_the_rules_row_by_row(codec):
         frames = torch.randint(0, 4, (B,), generator=gen)
         actions = torch.tensor(list(v.action_ids))[torch.randint(len(v.action_ids), (B, 3), generator=gen)]
         actions[torch.rand(B, 3, generator=gen) < 0.3] = -1
-        g.start(prompts, frames, actions)
-        stepped.start(prompts[:, :0], frames, actions)
+        notes = torch.rand(B, generator=gen) < 0.5
+        g.start(prompts, frames, actions, notes)
+        stepped.start(prompts[:, :0], frames, actions, notes)
         for column in prompts.T:
             stepped.advance(column)
         for name in SpanGrammar.STATE:

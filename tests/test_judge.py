@@ -39,6 +39,7 @@ def test_a_perfect_model_scores_exactly_one_on_every_task(codec):
         assert metrics[key] == 1.0, key
     assert metrics["predict_accuracy"] == [1.0] * HORIZON
     assert metrics["action_accuracy_per_step"] == [1.0] * HORIZON
+    assert metrics["qa_accuracy_by_kind"] and set(metrics["qa_accuracy_by_kind"].values()) == {1.0}
     # and the contexts did hide something: a judge of the sampled world alone would fail it
     assert metrics["predict_hidden_share"] > 0 and metrics["act_hidden_share"] > 0
 

@@ -3,6 +3,7 @@ correction, Muon, and the held-out learning curves that measure objects."""
 
 import json
 import math
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -11,6 +12,8 @@ import torch.nn.functional as F
 
 from ringworld.data.packing import pack
 from ringworld.documents import Image, Text, Video
+from ringworld.eval.world import evaluate
+from ringworld.infer.tasks import load_world_model
 from ringworld.model.transformer import ModelConfig, Transformer
 from ringworld.tokens.bundle import load_codec
 from ringworld.tokens.codec import Codec
@@ -18,6 +21,7 @@ from ringworld.train.config import TrainConfig
 from ringworld.train.curves import FOLLOW_FLOOR, HeldOutCurves, follow_curves
 from ringworld.train.loop import train
 from ringworld.train.loss import background_logit_bias, most_frequent_code, weigh_background
+from ringworld.train.metrics import read_metrics
 from ringworld.train.optim import Muon, make_optimizer, orthogonalise
 from ringworld.world.tasks import TaskConfig
 
@@ -129,23 +133,17 @@ def test_frames_of_targets_and_the_determined_frames(world_tokenizer_dir):
     assert frame[cells].tolist() == [1] * changed[0] + [2] * changed[1]
 
 
+def _world_run(out, tokenizer, **settings) -> TrainConfig:
+    """A one-block run on world data with held-out curves, quiet: what these tests train."""
+    return TrainConfig(
+        out=str(out), tokenizer=str(tokenizer), depth=1, seq_len=512, compile=False, tensorboard=False, **settings
+    )
+
+
 def test_curves_are_finite_and_improve_with_training(world_tokenizer_dir, tmp_path):
     run = tmp_path / "run"
-    cfg = TrainConfig(
-        out=str(run),
-        tokenizer=str(world_tokenizer_dir),
-        depth=1,
-        seq_len=512,
-        video_frames=3,
-        batch_size=4,
-        steps=60,
-        warmup=5,
-        log_every=10,
-        eval_every=10,
-        tensorboard=True,
-        compile=False,
-    )
-    train(cfg, progress=False)
+    cfg = _world_run(run, world_tokenizer_dir, video_frames=3, batch_size=4, steps=60, warmup=5, eval_every=10)
+    train(replace(cfg, tensorboard=True), progress=False)
     rows = [json.loads(line) for line in (run / "metrics.jsonl").read_text().splitlines()]
     evals = [r for r in rows if "heldout/t2i_object_acc" in r]
     assert [r["step"] for r in evals] == [10, 20, 30, 40, 50, 60]
@@ -162,6 +160,24 @@ def test_curves_are_finite_and_improve_with_training(world_tokenizer_dir, tmp_pa
     events = EventAccumulator(str(run / "tensorboard"))
     events.Reload()
     assert [e.step for e in events.Scalars("heldout/predict_object_acc")] == [10, 20, 30, 40, 50, 60]
+
+
+def test_a_run_that_says_motion_curves_what_it_says(world_tokenizer_dir, tmp_path):
+    cfg = _world_run(
+        tmp_path / "run", world_tokenizer_dir, video_frames=4, batch_size=2, steps=2, log_every=2, eval_every=2
+    )
+    cfg = replace(cfg, say_motion=True)
+    train(cfg, progress=False)
+    last = read_metrics(tmp_path / "run")[-1]
+    assert 0 <= last["heldout/predict_said_acc"] <= 1 and 0 <= last["heldout/act_said_acc"] <= 1
+    wm = load_world_model(tmp_path / "run")
+    assert wm.says_motion
+    # the judge reads back what it said before the first predicted frame and each action's frame
+    judged = evaluate(wm, samples=2, horizon=2, judged_only=True, progress=False)
+    assert 0 <= judged.metrics["predict_said_accuracy"] <= 1
+    assert all(isinstance(said, str) for task in ("predict", "act") for said in judged.examples[task]["said"])
+    with pytest.raises(ValueError, match="say_motion is for world data"):
+        replace(cfg, data="shards/")
 
 
 def test_task_weights_follow_what_the_curves_have_left_to_learn():

@@ -10,6 +10,7 @@ import time
 import urllib.error
 import urllib.request
 from concurrent.futures import ThreadPoolExecutor
+from dataclasses import replace
 
 import numpy as np
 import pytest
@@ -19,6 +20,7 @@ from PIL import Image as PILImage
 from ringworld.infer.tasks import rollout
 from ringworld.media import read_video, write_gif
 from ringworld.serve.app import Limits
+from ringworld.serve.worker import served
 from ringworld.world.sim import random_state, render
 from ringworld.world.sim import rollout as rollout_states
 
@@ -84,9 +86,14 @@ def test_world_rollout_plays_actions_or_predicts_steps(server, wm, tmp_path):
     (tmp_path / "whole.gif").write_bytes(base64.b64decode(reply["video"]))
     whole = read_video(tmp_path / "whole.gif")
     assert whole.shape == (2 + 3, 32, 32, 3) and np.array_equal(whole[:2], clip)
-    expected = rollout(wm, clip[-1:], [["right", "up", "stay"]])[0]  # what the library plays, alone
+    expected = rollout(wm, clip[-1:], [["right", "up", "stay"]])  # what the library plays, alone
     drawn = [np.asarray(PILImage.open(io.BytesIO(base64.b64decode(f)))) for f in reply["frames"]]
-    assert np.array_equal(np.stack(drawn), expected)
+    assert np.array_equal(np.stack(drawn), expected.frames[0]) and reply["said"] == expected.said[0]
+    # a model that says each move before drawing it says the same through the shared batch as alone
+    speaking = replace(wm, says_motion=True)
+    alone = rollout(speaking, clip[-1:], [["right", "up"]])
+    batched = rollout(served(speaking, server.worker, 60.0), clip[-1:], [["right", "up"]])
+    assert all(alone.said[0]) and batched.said == alone.said and np.array_equal(batched.frames, alone.frames)
     pngs = {"frames": [_data_uri(f) for f in clip], "steps": 2}
     code, reply = _post(f"{server.url}/v1/world/rollout", json.dumps(pngs).encode())
     assert code == 200 and len(reply["frames"]) == 2

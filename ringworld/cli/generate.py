@@ -129,13 +129,16 @@ def _predict(args: argparse.Namespace) -> None:
     clip = _read(args.clip, wm)
     clip = clip[None] if clip.ndim == 3 else clip  # (T, H, W, 3)
     if args.actions:
-        future = rollout(wm, clip[-1:], [args.actions], sampling=sampling(args, drawn=False))[0]
+        made = rollout(wm, clip[-1:], [args.actions], sampling=sampling(args, drawn=False))
         what = f"{len(args.actions)} frames after {','.join(args.actions)}"
     else:
-        future = predict(wm, clip[None], args.steps, sampling=sampling(args, drawn=False))[0]
+        made = predict(wm, clip[None], args.steps, sampling=sampling(args, drawn=False))
         what = f"{args.steps} predicted frames after {len(clip)} of the clip"
-    write_video(args.out, np.concatenate([clip, future]), scale=args.scale, fps=args.fps)
+    write_video(args.out, np.concatenate([clip, made.frames[0]]), scale=args.scale, fps=args.fps)
     print(f"wrote {args.out}: {what}")
+    for k, note in enumerate(made.said[0]):
+        if note:
+            print(f"  before frame {len(clip) + k}: {note}")
 
 
 def _ask(args: argparse.Namespace) -> None:

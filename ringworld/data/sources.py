@@ -245,10 +245,11 @@ def world_source(
     seed: int,
     task_weights: dict[str, float] | None,
     caption_dropout: float,
+    say_motion: bool = False,
 ) -> WorldSource:
     """The world-task source of a tokenizer's world (``world``: ``WorldConfig``'s fields, as
     ``ringworld.tokens.bundle.world_settings`` reads them); needle haystacks are sized to the row."""
-    task_config = TaskConfig(world=WorldConfig(**world), video_frames=video_frames)
+    task_config = TaskConfig(world=WorldConfig(**world), video_frames=video_frames, say_motion=say_motion)
     if task_weights and any(task_weights.get(t, 0) > 0 for t in NEEDLE_TASKS):
         task_config = fit_needles(task_config, codec, seq_len)
     return WorldSource(

@@ -39,6 +39,8 @@ class OracleModel:
     """A perfect model of ``world`` (see the module docstring); ``video_frames`` as ``WorldModel``'s:
     the frames it makes in one go, and so the context it keeps when a rollout goes on."""
 
+    says_motion = False  # it draws without saying
+
     def __init__(self, codec: Codec, world: WorldConfig, *, video_frames: int = 6, seed: int = 0):
         self.codec, self.world, self.video_frames = codec, world, video_frames
         self.rng = np.random.default_rng(seed)

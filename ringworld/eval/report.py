@@ -102,6 +102,13 @@ def _save_gif(media: Path, name: str, frames: np.ndarray) -> str:
     return name
 
 
+def _said(text: str, shown: dict, i: int) -> str:
+    """``text``, then what the model said before its first frame (models trained with --say-motion)."""
+    if "said" not in shown:
+        return text
+    return f"{text}; it said first: “{shown['said'][i] or '(nothing)'}”"
+
+
 def _cards(task: str, shown: dict, media: Path) -> str:
     cards = []
     for i in range(min(SHOWN, _count(shown))):
@@ -118,12 +125,13 @@ def _cards(task: str, shown: dict, media: Path) -> str:
             made = np.concatenate([shown["context"][i], shown["predicted"][i]])
             real = np.concatenate([shown["context"][i], shown["truth"][i]])
             files = [_save_gif(media, f"predict_{i}.gif", made), _save_gif(media, f"predict_{i}_truth.gif", real)]
-            cards.append(_card(files, _broke("model (top), one true world (bottom)", shown, i), shown["correct"][i]))
+            text = _said("model (top), one true world (bottom)", shown, i)
+            cards.append(_card(files, _broke(text, shown, i), shown["correct"][i]))
         elif task == "act":
             made = np.concatenate([shown["start"][i][None], shown["predicted"][i]])
             real = np.concatenate([shown["start"][i][None], shown["truth"][i]])
             files = [_save_gif(media, f"act_{i}.gif", made), _save_gif(media, f"act_{i}_truth.gif", real)]
-            text = "actions: " + ", ".join(shown["actions"][i]) + " — model (top), one true world"
+            text = _said("actions: " + ", ".join(shown["actions"][i]) + " — model (top), one true world", shown, i)
             cards.append(_card(files, _broke(text, shown, i), shown["correct"][i]))
         elif task == "qa":
             seen = shown["media"][i]

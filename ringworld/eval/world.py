@@ -11,7 +11,12 @@
 |                  |                                     | the 2 frames allow                              |
 | action_accuracy  | one frame after each action         | the whole clip follows one world that frame 0   |
 |                  |                                     | allows (any agent, any velocities); per step too |
-| qa_accuracy      | a question about an image or video  | the answer equals the true one                  |
+| qa_accuracy      | a question about an image or video  | the answer equals the true one; also per kind   |
+|                  |                                     | of question (``qa_accuracy_by_kind``: count,    |
+|                  |                                     | colour, shape, place, motion)                   |
+| predict_said_    | (models trained with --say-motion)  | the motion said before the first predicted      |
+| accuracy         | how each object moves, before it    | frame names every object's true move (the one   |
+|                  | draws the first predicted frame     | sampled world's)                                |
 
 Prediction, actions and text->video are judged against every world consistent with what the
 model was shown (``ringworld.world.consistent``), not against the one the episode was sampled
@@ -44,7 +49,7 @@ from ringworld.infer.tasks import (
     rollout,
 )
 from ringworld.train.loss import modality_counts, modality_sums, per_modality_means
-from ringworld.world.captions import parse_caption, region
+from ringworld.world.captions import motion_note, parse_caption, parse_motion_note, question_kind, region
 from ringworld.world.consistent import (
     Unknowns,
     Verdict,
@@ -227,31 +232,42 @@ def _marks(verdicts: list[Verdict]) -> dict:
 def _predict(wm, episodes, world, guidance, sampling):
     clips = np.stack([e.document[0].pixels for e in episodes])  # (N, T, H, W, 3)
     steps = clips.shape[1] - CONTEXT_FRAMES
-    future = predict(wm, clips[:, :CONTEXT_FRAMES], steps)  # (N, K, H, W, 3)
+    made = predict(wm, clips[:, :CONTEXT_FRAMES], steps)
+    future = made.frames  # (N, K, H, W, 3)
     verdicts, hidden = [], []
-    for clip, made in zip(clips, future, strict=True):
+    for clip, drawn in zip(clips, future, strict=True):
         context = parse_frames(clip[:CONTEXT_FRAMES], world)
         unknowns = Unknowns.from_frame(_seen_objects(context[0]), world, agent=False)
         # frames 1.. of the clip: the last real one, then the model's
-        verdicts.append(judge(unknowns, [*context[1:], *parse_frames(made, world)]))
+        verdicts.append(judge(unknowns, [*context[1:], *parse_frames(drawn, world)]))
         hidden.append(hides_something(unknowns, context[1:], steps))
     per_step = [_mean(v.right >= CONTEXT_FRAMES - 1 + k for v in verdicts) for k in range(1, steps + 1)]
     shown = {"context": clips[:, :CONTEXT_FRAMES], "predicted": future, "truth": clips[:, CONTEXT_FRAMES:]}
-    return {"predict_accuracy": per_step, "predict_hidden_share": _mean(hidden)}, shown | _marks(verdicts)
+    metrics = {"predict_accuracy": per_step, "predict_hidden_share": _mean(hidden)}
+    if wm.says_motion:
+        first = CONTEXT_FRAMES - 1  # the move from the last real frame to the first predicted one
+        truth = [motion_note(e.states[first], e.states[first + 1]) for e in episodes]
+        right = [parse_motion_note(said[0]) == parse_motion_note(t) for said, t in zip(made.said, truth, strict=True)]
+        metrics["predict_said_accuracy"] = _mean(right)
+        shown["said"] = [said[0] for said in made.said]
+    return metrics, shown | _marks(verdicts)
 
 
 def _act(wm, episodes, world, guidance, sampling):
     clips = np.stack([e.document[0].pixels for e in episodes])
     actions = [e.actions for e in episodes]
-    future = rollout(wm, clips[:, 0], actions)  # (N, A, H, W, 3)
+    made = rollout(wm, clips[:, 0], actions)
+    future = made.frames  # (N, A, H, W, 3)
     verdicts, hidden = [], []
-    for clip, made, acts in zip(clips, future, actions, strict=True):
+    for clip, drawn, acts in zip(clips, future, actions, strict=True):
         unknowns = Unknowns.from_frame(_seen_objects(parse_frames(clip[:1], world)[0]), world, agent=True)
-        verdicts.append(judge(unknowns, parse_frames(made, world), acts))
+        verdicts.append(judge(unknowns, parse_frames(drawn, world), acts))
         hidden.append(hides_something(unknowns, [], len(acts), acts))
     per_step = [_mean(v.right >= k for v in verdicts) for k in range(1, future.shape[1] + 1)]
     metrics = {"action_accuracy": per_step[-1], "action_accuracy_per_step": per_step, "act_hidden_share": _mean(hidden)}
     shown = {"start": clips[:, 0], "actions": actions, "predicted": future, "truth": clips[:, 1:]}
+    if wm.says_motion:
+        shown["said"] = [said[0] for said in made.said]
     return metrics, shown | _marks(verdicts)
 
 
@@ -267,4 +283,6 @@ def _qa(wm, episodes, world, guidance, sampling):
         "truth": [e.answer for e in episodes],
         "correct": right,
     }
-    return {"qa_accuracy": _mean(right)}, shown
+    kinds = [question_kind(q) for q in questions]
+    by_kind = {k: _mean([r for r, q in zip(right, kinds, strict=True) if q == k]) for k in sorted(set(kinds))}
+    return {"qa_accuracy": _mean(right), "qa_accuracy_by_kind": by_kind}, shown

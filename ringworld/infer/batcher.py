@@ -57,6 +57,7 @@ class Request:
     constrained: bool = True  # follow the codec's layout (SpanGrammar)
     video_frames: int = 0  # a generated video closes after this many frames (0: the model decides)
     video_actions: Sequence[int] = ()  # the action id forced after frame f's <|eof|> (-1: none)
+    video_notes: bool = False  # say a note before each video frame drawn after the first
 
     @property
     def guided(self) -> bool:
@@ -262,7 +263,8 @@ class Batcher:
                 padded[i, width - len(r.prompt) :] = torch.as_tensor(list(r.prompt))
             frames = torch.tensor([r.video_frames for r in constrained], device=device)
             actions = pad_actions([r.video_actions for r in constrained], len(constrained), device)
-            grammar = self.grammar.prompt_state(padded.to(device), frames, actions)
+            notes = torch.tensor([r.video_notes for r in constrained], device=device)
+            grammar = self.grammar.prompt_state(padded.to(device), frames, actions, notes)
         return _Prefilled(logits, fresh, lengths, grammar)
 
     def _install(self, admitted: list[_Admitted], prefilled: _Prefilled) -> None:

@@ -126,6 +126,7 @@ class Engine:
         constrained: bool = True,
         video_frames: Sequence[int] | int = 0,
         video_actions: Sequence[Sequence[int]] | None = None,
+        video_notes: Sequence[bool] | bool = False,
         return_logits: bool = False,
         sync_every: int | None = None,
         progress: bool = False,
@@ -138,7 +139,9 @@ class Engine:
         constrained: follow ``SpanGrammar`` (otherwise any id may follow any other).
         video_frames: a generated video closes after this many frames (per row or one for all;
             0 lets the model close it). video_actions: per row, the action id forced after frame
-            f's ``<|eof|>`` (-1 for none): the actions of a world-model rollout.
+            f's ``<|eof|>`` (-1 for none): the actions of a world-model rollout. video_notes: (per
+            row or one for all) say a note before each video frame drawn after the first: a model
+            trained with ``--say-motion`` says how each object moves, then draws it.
         """
         B = len(prompts)
         if B == 0:
@@ -175,7 +178,8 @@ class Engine:
         if constrained:
             frames = torch.as_tensor(video_frames, device=self.device).expand(B).long()
             actions = pad_actions(video_actions, B, self.device)
-            grammar.start(ids[:B], frames, actions)
+            notes = torch.as_tensor(video_notes, device=self.device).expand(B).bool()
+            grammar.start(ids[:B], frames, actions, notes)
         generator = torch.Generator(self.device).manual_seed(sampling.seed)
         cache = KVCache.allocate(self.model.cfg, len(rows), total, device=self.device, dtype=self.dtype)
 

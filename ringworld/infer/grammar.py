@@ -4,7 +4,9 @@ Inside an image or video only visual codes are allowed, ``<|eol|>`` and ``<|eof|
 their places, actions can be forced between frames, and a span is closed at its length, so every
 constrained span decodes. A video frame written as its changes (``Codec.delta_frames``) takes
 cells after the last one it named, each followed by one code, until the model ends it with
-``<|eof|>``. The state is kept as tensors on the device: no host syncs while decoding.
+``<|eof|>``. Rows asked for notes (``video_notes``) say one before each video frame they draw
+after the first (after its action, if any): text such as how each object moves next
+(``Video.notes``), then the frame. The state is kept as tensors on the device: no host syncs while decoding.
 """
 
 from __future__ import annotations
@@ -35,6 +37,7 @@ class SpanGrammar:
         self.open_image, self.close_image = sp("<|image|>"), sp("<|/image|>")
         self.open_video, self.close_video = sp("<|video|>"), sp("<|/video|>")
         self.code_lo, self.code_hi = v.code_ids.start, v.code_ids.stop
+        self.text_hi, self.action_lo, self.action_hi = v.text_ids.stop, v.action_ids.start, v.action_ids.stop
         self.cell_lo, self.cell_hi = v.cell_ids.start, v.cell_ids.stop
         self.delta = codec.delta_frames
         self.device = torch.device(device)
@@ -45,6 +48,7 @@ class SpanGrammar:
             return m
 
         self.codes = mask(v.code_ids)
+        self.text = mask(v.text_ids)
         self.actions = mask(v.action_ids)
         self.cell_of_id = torch.arange(v.size, device=self.device) - self.cell_lo  # (V,) the cell an id names
         self.cells = (self.cell_of_id >= 0) & (self.cell_of_id < v.num_cells)
@@ -58,6 +62,7 @@ class SpanGrammar:
         prompts: torch.Tensor,  # (B, L) left-padded with <|pad|>
         video_frames: torch.Tensor,  # (B,) frames a generated video ends after; 0 = the model decides
         video_actions: torch.Tensor,  # (B, A) action id forced after frame f's <|eof|>; -1 = none
+        video_notes: torch.Tensor | None = None,  # (B,) bool: say a note before each frame drawn
     ) -> None:
         B = len(prompts)
         zeros = torch.zeros(B, dtype=torch.long, device=self.device)
@@ -65,6 +70,7 @@ class SpanGrammar:
         self.prev = torch.full((B,), self.pad, dtype=torch.long, device=self.device)
         self.done = torch.zeros(B, dtype=torch.bool, device=self.device)
         self.video_frames, self.video_actions = video_frames, video_actions
+        self.video_notes = zeros.bool() if video_notes is None else video_notes.bool()
         if prompts.size(1):  # a span's opening token leaves the same state whatever came before it,
             # and outside a span only the last token counts; so a row inside an open span is read from
             # its opening token on, any other from its last token but <|pad|> (one host sync)
@@ -77,16 +83,20 @@ class SpanGrammar:
         for column in prompts.T:
             self.advance(column)  # the state at the end of each prompt
 
-    STATE = ("span", "pos", "frames", "prev", "done", "video_frames", "video_actions")
+    STATE = ("span", "pos", "frames", "prev", "done", "video_frames", "video_actions", "video_notes")
 
     def prompt_state(
-        self, prompts: torch.Tensor, video_frames: torch.Tensor, video_actions: torch.Tensor
+        self,
+        prompts: torch.Tensor,
+        video_frames: torch.Tensor,
+        video_actions: torch.Tensor,
+        video_notes: torch.Tensor | None = None,
     ) -> dict[str, torch.Tensor]:
         """The state ``start`` would give k rows, as {name in ``STATE``: (k, ...)}, leaving this
         grammar's own as it is (any thread may ask). Arguments as ``start``'s, k rows each."""
         fresh = SpanGrammar.__new__(SpanGrammar)
         fresh.__dict__.update(self.__dict__)
-        fresh.start(prompts, video_frames, video_actions)
+        fresh.start(prompts, video_frames, video_actions, video_notes)
         return {name: getattr(fresh, name) for name in self.STATE}
 
     def set_rows(self, rows: torch.Tensor, state: dict[str, torch.Tensor]) -> None:
@@ -147,10 +157,19 @@ class SpanGrammar:
             out = (out & ~listing) | (listing & later)
         between = (self.span == VIDEO) & (self.pos == 0) & (self.prev == self.eof)
         ids = torch.arange(self.vocab_size, device=self.device)
+        has_action = torch.zeros_like(between)
         if self.video_actions.size(1):
             index = (self.frames - 1).clamp(0, self.video_actions.size(1) - 1)
             action = self.video_actions.gather(1, index[:, None]).squeeze(1)  # (B,)
             has_action = between & (self.frames <= self.video_actions.size(1)) & (action >= 0)
+        # rows asked for notes: text before each frame after the first, once its <|eof|> and action are written
+        prev_text = self.prev < self.text_hi
+        prev_action = (self.prev >= self.action_lo) & (self.prev < self.action_hi)
+        gap = self.video_notes & (self.span == VIDEO) & (self.frames >= 1) & (self.pos == 0) & ~has_action
+        gap &= (self.prev == self.eof) | prev_action | prev_text
+        say = (gap & ~prev_text)[:, None]  # the note begins: text only
+        out = (out & ~say) | (gap[:, None] & self.text)
+        if self.video_actions.size(1):
             forced = torch.where(has_action, action, -1)
             out = (ids == forced[:, None]) | (out & ~has_action[:, None])
         open_end = between & (self.video_frames == 0)  # the model may close the video here

@@ -5,13 +5,16 @@
 | generate_image | <|bos|> caption <|image|>                     | one image (guided by the caption) |
 | generate_video | <|bos|> caption <|video|>                     | ``frames`` frames                 |
 | caption        | <|bos|> image instruction <|sep|>             | text up to <|eos|>                |
-| predict        | <|bos|> <|video|> context frames              | the next frames                   |
-| rollout        | <|bos|> <|video|> frame <|eof|>, then actions | one frame after each action       |
+| predict        | <|bos|> <|video|> context frames              | the next frames [1]               |
+| rollout        | <|bos|> <|video|> frame <|eof|>, then actions | one frame after each action [1]   |
 | ask            | <|bos|> image or video, question <|sep|>      | the answer up to <|eos|>          |
 
 The prompts are the training documents of ``ringworld.world.tasks`` cut where the answer starts,
 so a model trained on the world mixture answers in the form it learned. Guidance's unconditional
 prompt is what caption dropout trained: the same prompt without its caption.
+
+[1] A model trained with ``--say-motion`` says how each object moves before each frame it draws
+(``Predicted.said``): the reason for the frame, in words a user can check.
 """
 
 from __future__ import annotations
@@ -48,6 +51,7 @@ class WorldModel:
     world: WorldConfig
     checkpoint: Path
     video_frames: int = 4  # frames in the videos it was trained on: the longest it makes in one go
+    says_motion: bool = False  # trained to say each move before drawing it (``TrainConfig.say_motion``)
 
     @property
     def codec(self):
@@ -88,7 +92,9 @@ def load_world_model(
         config["train"].get("background_weight", 1.0),
     )
     engine = Engine(model, codec, compile=compile, prefill=prefill, logit_bias=bias)
-    return WorldModel(engine, WorldConfig(**world_settings(checkpoint / "tokenizer")), checkpoint, max(2, frames))
+    world = WorldConfig(**world_settings(checkpoint / "tokenizer"))
+    says = bool(config["train"].get("say_motion", False))
+    return WorldModel(engine, world, checkpoint, max(2, frames), says)
 
 
 def _prompt(wm: WorldModel, doc: Document, drop: int = 1) -> np.ndarray:
@@ -119,6 +125,32 @@ def decoded_media(wm: WorldModel, ids: np.ndarray, kind: type, frames: int = 0) 
     return pixels
 
 
+def said_notes(wm: WorldModel, ids: np.ndarray) -> list[str]:
+    """The notes of the last video in ``ids``, one per gap between its frames ("" where none)."""
+    videos = [s for s in wm.codec.decode(ids, lenient=True).segments if isinstance(s, Video)]
+    if not videos:
+        return []
+    return videos[-1].notes or [""] * max(0, videos[-1].num_frames - 1)
+
+
+NOTE_IDS_PER_OBJECT = 16  # room for one object's words in a note ("red circle up and to the left, ")
+
+
+def frame_room(wm: WorldModel, action: bool = False) -> int:
+    """The most ids one generated video frame takes: its changes or rows, its <|eof|>, its action,
+    and what the model says before it."""
+    said = NOTE_IDS_PER_OBJECT * wm.world.max_objects if wm.says_motion else 0
+    return wm.codec.longest_frame + 1 + int(action) + said
+
+
+@dataclass
+class Predicted:
+    """Frames a world model made, and what it said before each one."""
+
+    frames: np.ndarray  # (N, K, H, W, 3) uint8
+    said: list[list[str]]  # said[n][k]: the note before frame k of clip n ("" where it said none)
+
+
 def _fitting(wm: WorldModel, prompts: Sequence[np.ndarray], budget: dict) -> dict:
     """``budget`` (``generate``'s arguments) with no more new ids than the context has room for."""
     return budget | {"max_new_tokens": min(budget["max_new_tokens"], wm.room(prompts))}
@@ -138,7 +170,7 @@ def drawing_budget(wm: WorldModel, kind: type, frames: int) -> dict:
     video = kind is Video
     return {
         # a video's frames each end in <|eof|>, and those written as changes may be longer than rows
-        "max_new_tokens": frames * (wm.codec.longest_frame + 1 if video else wm.codec.frame_length) + 1,
+        "max_new_tokens": frames * (frame_room(wm) if video else wm.codec.frame_length) + 1,
         "video_frames": frames if video else 0,
         "stop": (_special(wm, "<|/video|>" if video else "<|/image|>"),),
     }
@@ -197,7 +229,7 @@ def generate_videos(
     first = min(frames, wm.video_frames)
     videos = _from_captions(wm, captions, Video, first, guidance=guidance, sampling=sampling, batch_size=batch_size)
     if frames > first:
-        videos = np.concatenate([videos, predict(wm, videos, frames - first, sampling=sampling)], axis=1)
+        videos = np.concatenate([videos, predict(wm, videos, frames - first, sampling=sampling).frames], axis=1)
     return videos
 
 
@@ -261,32 +293,38 @@ def predict(
     *,
     sampling: Sampling = GREEDY,
     batch_size: int = 64,
-) -> np.ndarray:
-    """The ``steps`` frames after each clip (N, T, H, W, 3): (N, steps, H, W, 3) uint8.
+) -> Predicted:
+    """The ``steps`` frames after each clip (N, T, H, W, 3), and what the model said before each.
 
     The model sees at most the last ``video_frames - 1`` frames (the videos it was trained on
     are that long with one to predict) and the window slides on as frames are made."""
-    frames = clips
+    frames, said = clips, [[] for _ in clips]
     while frames.shape[1] < clips.shape[1] + steps:
         context = frames[:, -(wm.video_frames - 1) :]
-        n = min(wm.video_frames - context.shape[1], clips.shape[1] + steps - frames.shape[1])
+        seen = context.shape[1]
+        n = min(wm.video_frames - seen, clips.shape[1] + steps - frames.shape[1])
         out = []
         for part in _batches(len(clips), batch_size):
             # a video's ids end <|/video|> <|eos|>: cut both to leave it open after its last <|eof|>
             prompts = [_prompt(wm, [Video(pixels=clip)], drop=2) for clip in context[part]]
             tokens = wm.generate(
                 prompts,
-                max_new_tokens=min(n * (wm.codec.longest_frame + 1) + 1, wm.room(prompts)),
+                max_new_tokens=min(n * frame_room(wm) + 1, wm.room(prompts)),
                 sampling=sampling,
-                video_frames=context.shape[1] + n,
+                video_frames=seen + n,
+                video_notes=wm.says_motion,
                 stop=[_special(wm, "<|/video|>")],
             )
-            out += [
-                decoded_media(wm, np.r_[p, t], Video, context.shape[1] + n)[context.shape[1] :]
-                for p, t in zip(prompts, tokens, strict=True)
-            ]
+            for i, p, t in zip(range(len(clips))[part], prompts, tokens, strict=True):
+                out.append(decoded_media(wm, np.r_[p, t], Video, seen + n)[seen:])
+                said[i] += _notes_before(said_notes(wm, np.r_[p, t]), seen, n)
         frames = np.concatenate([frames, np.stack(out)], axis=1)
-    return frames[:, clips.shape[1] :]
+    return Predicted(frames[:, clips.shape[1] :], said)
+
+
+def _notes_before(notes: list[str], first: int, n: int) -> list[str]:
+    """The notes before frames ``first`` .. ``first + n - 1`` of a video ("" past what was said)."""
+    return [notes[f - 1] if f - 1 < len(notes) else "" for f in range(first, first + n)]
 
 
 def rollout(
@@ -296,33 +334,35 @@ def rollout(
     *,
     sampling: Sampling = GREEDY,
     batch_size: int = 64,
-) -> np.ndarray:
+) -> Predicted:
     """Play ``actions[i]`` from frame ``frames[i]`` (N, H, W, 3): the frame after each action,
-    (N, A, H, W, 3) uint8. Every row takes the same number of actions. Longer plays than the
-    trained videos go in chunks, each starting from the last frame made."""
+    (N, A, H, W, 3) uint8, and what the model said before each. Every row takes the same number
+    of actions. Longer plays than the trained videos go in chunks, each starting from the last
+    frame made."""
     if len({len(a) for a in actions}) > 1:
         raise ValueError("every rollout takes the same number of actions")
     if len(frames) != len(actions):
         raise ValueError(f"{len(frames)} start frames but {len(actions)} action lists")
     vocab = wm.codec.vocab
     ids = np.array([[vocab.action_id(a) for a in acts] for acts in actions]).reshape(len(actions), -1)
-    made = [frames[:, None]]
+    made, said = [frames[:, None]], [[] for _ in frames]
     for start in range(0, ids.shape[1], wm.video_frames - 1):
         chunk = ids[:, start : start + wm.video_frames - 1]
+        n = chunk.shape[1]
         out = []
         for part in _batches(len(frames), batch_size):
             prompts = [_prompt(wm, [Video(pixels=frame[None])], drop=2) for frame in made[-1][part, -1]]
             tokens = wm.generate(
                 prompts,
-                max_new_tokens=min(chunk.shape[1] * (wm.codec.longest_frame + 2) + 1, wm.room(prompts)),
+                max_new_tokens=min(n * frame_room(wm, action=True) + 1, wm.room(prompts)),
                 sampling=sampling,
-                video_frames=1 + chunk.shape[1],
+                video_frames=1 + n,
                 video_actions=chunk[part].tolist(),
+                video_notes=wm.says_motion,
                 stop=[_special(wm, "<|/video|>")],
             )
-            out += [
-                decoded_media(wm, np.r_[p, t], Video, 1 + chunk.shape[1])[1:]
-                for p, t in zip(prompts, tokens, strict=True)
-            ]
+            for i, p, t in zip(range(len(frames))[part], prompts, tokens, strict=True):
+                out.append(decoded_media(wm, np.r_[p, t], Video, 1 + n)[1:])
+                said[i] += _notes_before(said_notes(wm, np.r_[p, t]), 1, n)
         made.append(np.stack(out))
-    return np.concatenate(made[1:], axis=1)
+    return Predicted(np.concatenate(made[1:], axis=1), said)

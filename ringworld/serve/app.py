@@ -13,7 +13,9 @@
                                     x ``fps`` gives the frames when ``frames`` is not given
     GET  /v1/videos/{id}[/content]  the video object; its file (the last 64 are kept)
     POST /v1/world/rollout          frames (data URIs: a GIF, or PNGs) and ``actions`` or ``steps`` ->
-                                    the predicted frames (PNGs) and the whole clip (GIF): ringworld's own
+                                    the predicted frames (PNGs), what the model said before each (a
+                                    ``--say-motion`` model says how each object moves) and the whole
+                                    clip (GIF): ringworld's own
 
 Every request becomes one or more ``Request``s for the ``Worker``, which decodes them in one batch
 with everything else in flight. Bad input gets a 4xx with an OpenAI-style error body, never a 500.
@@ -334,14 +336,16 @@ def make_app(wm: WorldModel, worker: Worker, *, name: str, limits: Limits = Limi
         seen = [read_data_uri(url, wm.frame_size, limits.max_frames) for url in body.frames]
         clip = np.concatenate([f[None] if f.ndim == 3 else f for f in seen])[-limits.max_frames :]  # (T, H, W, 3)
         if body.actions is not None:
-            future = (await in_thread(rollout, tasks_wm, clip[-1:], [body.actions]))[0]
+            made = await in_thread(rollout, tasks_wm, clip[-1:], [body.actions])
         else:
-            future = (await in_thread(predict, tasks_wm, clip[None], body.steps))[0]
+            made = await in_thread(predict, tasks_wm, clip[None], body.steps)
+        future = made.frames[0]
         whole = video_bytes(np.concatenate([clip, future]), "gif", body.fps)
         return {
             "object": "world.rollout",
             "model": name,
             "frames": [png_base64(f, 1) for f in future],
+            "said": made.said[0],  # what the model said before each frame ("" for nothing; --say-motion models)
             "video": base64.b64encode(whole).decode(),  # the clip given, then the prediction (GIF)
         }
 

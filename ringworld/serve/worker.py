@@ -341,6 +341,7 @@ class ServedWorldModel(WorldModel):
         constrained: bool = True,
         video_frames: int = 0,
         video_actions=None,
+        video_notes: bool = False,
     ) -> list[np.ndarray]:
         requests = [
             Request(
@@ -353,6 +354,7 @@ class ServedWorldModel(WorldModel):
                 constrained,
                 video_frames,
                 () if video_actions is None else tuple(video_actions[i]),
+                video_notes,
             )
             for i, prompt in enumerate(prompts)
         ]
@@ -360,4 +362,6 @@ class ServedWorldModel(WorldModel):
 
 
 def served(wm: WorldModel, worker: Worker, timeout: float) -> ServedWorldModel:
-    return ServedWorldModel(wm.engine, wm.world, wm.checkpoint, wm.video_frames, worker=worker, timeout=timeout)
+    return ServedWorldModel(
+        wm.engine, wm.world, wm.checkpoint, wm.video_frames, wm.says_motion, worker=worker, timeout=timeout
+    )

@@ -5,7 +5,7 @@ Layout of one document (``h, w = grid``)::
     <|bos|> segment segment ... <|eos|>
     Text    its BPE ids; two adjacent Text segments get <|sep|> between them
     Image   <|image|> row0 <|eol|> ... row{h-1} <|eol|> <|/image|>          (a row is w codes)
-    Video   <|video|> frame0 <|eof|> [action0] frame1 <|eof|> ... <|/video|> (a frame is the rows)
+    Video   <|video|> frame0 <|eof|> [action0] [note0] frame1 <|eof|> ... <|/video|> (a frame is the rows)
     Action  <|actions|> a a a <|/actions|>
 
 With a vocabulary that has cells (``Vocab.num_cells == h * w``: ``Codec.build(..., delta_frames=True)``)
@@ -16,8 +16,10 @@ then a few ids of what moved rather than a whole grid of mostly background, so v
 and what is to be learned is the motion itself. Images and first frames keep the rows.
 
 A video's action t sits right after frame t's ``<|eof|>``: every frame but the last has one, or
-none does. Loss follows the segment: its structure tokens take the segment's flag, ``<|bos|>``
-takes none, ``<|eos|>`` and ``<|sep|>`` take the flag of the segment before them.
+none does. Note t (``Video.notes``), text such as how each object moves next, comes after it and
+before frame t + 1: the model says the motion, then draws it. Loss follows the segment: its
+structure tokens take the segment's flag, ``<|bos|>`` takes none, ``<|eos|>`` and ``<|sep|>`` take
+the flag of the segment before them.
 
 Decoding (``ringworld.tokens.parse``) is strict by default: an id sequence that is not the encoding
 of a document raises ``MalformedTokens`` naming the position and the token. ``lenient=True`` repairs instead (pads
@@ -183,7 +185,7 @@ class Codec:
                 rows = self._grid_ids(codes[i]).ravel()  # (h * (w + 1),)
                 add(np.concatenate([[sp["<|image|>"]], rows, [sp["<|/image|>"]]]), seg.loss)
             elif isinstance(seg, Video):
-                add(self._video_ids(codes[i], seg.actions), seg.loss)
+                add(self._video_ids(codes[i], seg.actions, seg.notes), seg.loss)
             elif isinstance(seg, Action):
                 acts = [self.vocab.action_id(a) for a in seg.actions]
                 add([sp["<|actions|>"], *acts, sp["<|/actions|>"]], seg.loss)
@@ -269,31 +271,25 @@ class Codec:
         block[..., w] = self._sp["<|eol|>"]
         return block.reshape(t, h * (w + 1))
 
-    def _video_ids(self, codes: np.ndarray, actions: list[str] | None) -> np.ndarray:
-        if self.delta_frames and len(codes) > 1:
-            return self._delta_video_ids(codes, actions)
-        frames = self._grid_ids(codes)  # (T, F)
-        t, f = frames.shape
-        block = np.empty((t, f + 1 + (actions is not None)), dtype=np.int64)  # (T, F + 1 [+ 1])
-        block[:, :f] = frames
-        block[:, f] = self._sp["<|eof|>"]
-        body = block.ravel()
-        if actions is not None:  # action t after frame t's <|eof|>; the last frame has none
-            block[:-1, f + 1] = [self.vocab.action_id(a) for a in actions]
-            body = body[:-1]
-        return np.concatenate([[self._sp["<|video|>"]], body, [self._sp["<|/video|>"]]])
-
-    def _delta_video_ids(self, codes: np.ndarray, actions: list[str] | None) -> np.ndarray:
-        """The first frame's rows, then each frame's changes (module docstring)."""
-        flat = codes.reshape(len(codes), -1)  # (T, h * w)
+    def _video_ids(self, codes: np.ndarray, actions: list[str] | None, notes: list[str] | None) -> np.ndarray:
+        """The first frame's rows, then for each frame after it: its action, its note, and its rows
+        (or, with ``delta_frames``, its changes, in raster order); every frame then <|eof|>."""
+        rows = self._grid_ids(codes)  # (T, F)
+        flat = codes.reshape(len(codes), codes[0].size if len(codes) else 0)  # (T, h * w)
         eof = [self._sp["<|eof|>"]]
-        parts = [[self._sp["<|video|>"]], self._grid_ids(codes[:1])[0], eof]
+        parts = [[self._sp["<|video|>"]], *([rows[0], eof] if len(codes) else [])]
         for t in range(1, len(codes)):
             if actions is not None:
                 parts.append([self.vocab.action_id(actions[t - 1])])
-            cells = np.flatnonzero(flat[t] != flat[t - 1])
-            pairs = np.stack([cells + self.vocab.cell_ids.start, flat[t, cells] + self._cs], axis=1)  # (k, 2)
-            parts += [pairs.ravel(), eof]
+            if notes is not None and notes[t - 1]:
+                parts.append(self.text.encode(notes[t - 1]))
+            if self.delta_frames:
+                cells = np.flatnonzero(flat[t] != flat[t - 1])
+                pairs = np.stack([cells + self.vocab.cell_ids.start, flat[t, cells] + self._cs], axis=1)  # (k, 2)
+                parts.append(pairs.ravel())
+            else:
+                parts.append(rows[t])
+            parts.append(eof)
         parts.append([self._sp["<|/video|>"]])
         return np.concatenate(parts).astype(np.int64)
 
@@ -325,7 +321,7 @@ class Codec:
                 t = len(seg.codes)
                 m = self.vision.frame_size
                 px = pixels[at : at + t] if t else np.zeros((0, m, m, 3), dtype=np.uint8)  # type: ignore[index]
-                out.append(Video(pixels=px, actions=seg.actions, loss=seg.loss))
+                out.append(Video(pixels=px, actions=seg.actions, loss=seg.loss, notes=seg.notes))
                 at += t
             else:
                 out.append(seg)

@@ -179,6 +179,7 @@ class Parser:
         frames: list[np.ndarray] = []
         acts: list[str | None] = []  # acts[t]: the action after frame t
         act_at: list[int] = []
+        notes: list[str] = []  # notes[t]: the text after frame t (and its action)
         while True:
             k = self.k(i)
             if k == CLOSE_VIDEO:
@@ -196,13 +197,18 @@ class Parser:
                     what = f"video frame {t}"
                     codes, i, closed = self.grid(i, EOF, what, what, p, "<|video|>", CLOSE_VIDEO)
                     frames.append(codes)
-                acts.append(None)  # every frame has an action slot, even one cut short
+                acts.append(None)  # every frame has an action slot and a note slot, even one cut short
                 act_at.append(i)
+                notes.append("")
                 if not closed:
                     break
                 if self.k(i) == ACTION:
                     acts[-1] = self.vocab.action_of(self.ids[i])
                     i += 1
+                if self.k(i) == TEXT:
+                    j = self.run_end(i)
+                    notes[-1] = self.text(i, j)
+                    i = j
                 continue
             if k in CLOSERS:
                 self.unclosed(i, "a video", p, "<|video|>")
@@ -210,7 +216,8 @@ class Parser:
             hint = " (an action sits right after a frame's <|eof|>)" if k == ACTION else ""
             self.fault(f"position {i}: {self.d(i)} inside a video (opened at position {p}){hint}", "dropped it")
             i += 1
-        return Video(codes=self.frames(frames), actions=self.video_actions(acts, act_at, p)), i
+        actions = self.video_actions(acts, act_at, p)
+        return Video(codes=self.frames(frames), actions=actions, notes=self.video_notes(notes, p)), i
 
     def changes(self, i: int, before: np.ndarray, what: str, p: int) -> tuple[np.ndarray, int, bool]:
         """A frame written as its changes from ``before`` (``cell code`` pairs, then <|eof|>): its
@@ -268,6 +275,15 @@ class Parser:
                 f"filled in {FILL_ACTION!r}",
             )
         return [a if a is not None else FILL_ACTION for a in inner]
+
+    def video_notes(self, notes: list[str], p: int) -> list[str] | None:
+        if notes and notes[-1]:
+            self.fault(
+                f"video at position {p}: text after its last frame; a note sits between two frames",
+                "dropped it",
+            )
+        inner = notes[:-1]
+        return inner if any(inner) else None
 
     def actions(self, p: int) -> tuple[Action, int]:
         i = p + 1

@@ -76,6 +76,13 @@ class TrainConfig:
         shown="off",
     )
     video_frames: int = option(4, "frames in world videos", "data")
+    say_motion: bool = option(
+        False,
+        "prediction and action videos say how each object moves before each frame (from a random frame on); "
+        "the model then says it before it draws",
+        "data",
+        shown="off",
+    )
     caption_dropout: float = option(0.1, "drop prompts with this probability, for classifier-free guidance", "data")
     # model
     preset: str = option("tiny", "model size", "model")
@@ -155,6 +162,8 @@ class TrainConfig:
             problems.append(
                 f"eval_every must be 0 (off) or a multiple of log_every {self.log_every} (got {self.eval_every})"
             )
+        if self.say_motion and self.data != "world":
+            problems.append("say_motion is for world data (--data world): it writes the world's motion into videos")
         if self.follow_curves and (self.data != "world" or not self.eval_every):
             problems.append("follow_curves needs world data (--data world) and held-out curves (--eval-every > 0)")
         if self.dtype not in DTYPES:

@@ -14,6 +14,7 @@ background every frame is mostly made of.
 | predict_object_loss / _acc     | prediction: object cells of the frames the context fixes |
 | predict_cell_acc / _frame_acc  | those frames: every id; frames with every id right       |
 | act_object_loss / _acc, ...    | the same for frames after actions                        |
+| predict_said_acc, act_said_acc | the motion said before frames (``--say-motion``): tokens  |
 | caption_token_acc / caption_acc | image→text: the caption's tokens; captions all right    |
 | qa_token_acc / qa_acc          | questions: the answer's tokens; answers all right        |
 
@@ -89,7 +90,7 @@ class HeldOutCurves:
     ) -> None:
         vocab = codec.vocab
         self.background = vocab.code_id(background_code)
-        self.codes, self.cells = vocab.code_ids, vocab.cell_ids
+        self.codes, self.cells, self.text = vocab.code_ids, vocab.cell_ids, vocab.text_ids
         self.eof = vocab.special("<|eof|>")
         self.batches: dict[str, PackedBatch] = {}
         for task in TASK_KEYS:
@@ -146,8 +147,11 @@ class HeldOutCurves:
             codes, frame_ids = codes & determined, frame_ids & determined
         objects = codes & (batch.targets != self.background)
         found = {f"{key}_object_loss": _mean(nll[objects]), f"{key}_object_acc": _mean(right[objects])}
+        said = scored & (batch.targets < self.text.stop)  # notes: the only text in these videos
         if key in ("predict", "act"):
             found[f"{key}_cell_acc"] = _mean(right[frame_ids])
+            if said.any():
+                found[f"{key}_said_acc"] = _mean(right[said])
         if key == "t2i":
             found["t2i_image_acc"] = _groups_right(batch, documents, frame_ids, right)
         else:

@@ -91,6 +91,7 @@ def make_source(cfg: TrainConfig, codec, world: dict) -> WorldSource | ShardSour
             seed=cfg.seed,
             task_weights=cfg.tasks,
             caption_dropout=cfg.caption_dropout,
+            say_motion=cfg.say_motion,
         )
     dataset = ShardDataset(cfg.data)
     if dataset.vocab != codec.vocab:

@@ -50,8 +50,13 @@ def region_name(row: str, column: str) -> str:
 
 def direction(obj: Obj) -> str:
     """Canonical direction of motion: "right", "up and to the left", ..., or "still"."""
-    vertical = {-1: "up", 0: "", 1: "down"}[int(np.sign(obj.vy))]
-    horizontal = {-1: "left", 0: "", 1: "right"}[int(np.sign(obj.vx))]
+    return direction_of(obj.vx, obj.vy)
+
+
+def direction_of(dx: int, dy: int) -> str:
+    """Canonical direction of a move by (dx, dy) pixels, y downwards."""
+    vertical = {-1: "up", 0: "", 1: "down"}[int(np.sign(dy))]
+    horizontal = {-1: "left", 0: "", 1: "right"}[int(np.sign(dx))]
     if vertical and horizontal:
         return f"{vertical} and to the {horizontal}"
     return vertical or horizontal or "still"
@@ -131,6 +136,29 @@ def parse_caption(text: str) -> list[Mention]:
     return mentions
 
 
+def motion_note(before: State, after: State) -> str:
+    """How each object moves from ``before`` to ``after``, in reading order of ``before``: "red
+    circle left, blue square still". One wording, so the words are a function of the motion: what
+    a world video says between two frames (``TaskConfig.say_motion``). Velocities are at most one
+    lattice step, so the direction is the whole move (a bounce is a move the other way)."""
+    order = sorted(range(len(before.objects)), key=lambda i: (before.objects[i].y, before.objects[i].x))
+    moves = []
+    for i in order:
+        a, b = before.objects[i], after.objects[i]
+        moves.append(f"{a.color} {a.shape} {direction_of(b.x - a.x, b.y - a.y)}")
+    return ", ".join(moves)
+
+
+_NOTE_MOVE = re.compile(
+    rf"\b({'|'.join(COLORS)}) ({'|'.join(SHAPES)}) (still|(?:up|down)(?: and to the (?:left|right))?|left|right)\b"
+)
+
+
+def parse_motion_note(text: str) -> dict[str, str]:
+    """A ``motion_note`` read back: {colour: direction} of every object it names."""
+    return {m.group(1): m.group(3) for m in _NOTE_MOVE.finditer(text.lower())}
+
+
 def questions(state: State, rng: np.random.Generator, video: bool = False) -> list[tuple[str, str]]:
     """Every question this state can answer without ambiguity, as (question, answer) pairs."""
     objs, cfg = state.objects, state.config
@@ -144,6 +172,20 @@ def questions(state: State, rng: np.random.Generator, video: bool = False) -> li
         if video:
             qa.append((f"which way is the {o.color} {o.shape} moving?", direction(o)))
     return qa
+
+
+QUESTION_KINDS = {  # the opening words of each question ``questions`` asks, and its kind
+    "how many": "count",
+    "what colour": "colour",
+    "what shape": "shape",
+    "where is": "place",
+    "which way": "motion",
+}
+
+
+def question_kind(question: str) -> str:
+    """Which of ``QUESTION_KINDS`` a question is ("other" for one ``questions`` never asks)."""
+    return next((kind for start, kind in QUESTION_KINDS.items() if question.lower().startswith(start)), "other")
 
 
 def question(state: State, rng: np.random.Generator, video: bool = False) -> tuple[str, str]:

@@ -7,6 +7,11 @@
 | text_to_video | Text(caption with motion), Video                      | the video        |
 | predict       | Video(frames: the first ``context`` then the future)  | every frame      |
 | act           | Video(frames, actions between them), agent present    | the frames       |
+
+With ``say_motion``, prediction and action videos say how every object moves before each frame from
+a random one on (``Video.notes``, ``motion_note``): from the third frame on in prediction (two frames
+show the velocities), from the second with actions. Earlier frames go unsaid, so a prompt of
+frames alone is a document the model has seen; at inference it is made to speak before each frame.
 | qa            | Image or Video, Text(question), Text(answer)          | the answer       |
 | needle_text   | Text(filler + magic number), Text(question), Text(n)  | the number       |
 | needle_video  | Video(haystack + one flash frame), Text(q), Text(c)   | the colour word  |
@@ -24,7 +29,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 
 from ringworld.documents import ACTIONS, Document, Image, Text, Video
-from ringworld.world.captions import CAPTION_PROMPT, caption, question
+from ringworld.world.captions import CAPTION_PROMPT, caption, motion_note, question
 from ringworld.world.needle import CodecLike, Needle, haystack_size, needle_limits, text_needle, video_needle
 from ringworld.world.sim import State, WorldConfig, random_state, render, rollout
 
@@ -47,6 +52,7 @@ class TaskConfig:
     # ``fit_needles`` sizes them for a codec and a row length
     needle_frames: int = 12  # haystack frames in needle_video documents
     needle_sentences: int = 24  # filler sentences in needle_text documents
+    say_motion: bool = False  # prediction and action videos say each move before drawing it
 
 
 def text_to_image(rng: np.random.Generator, cfg: TaskConfig) -> TaskSample:
@@ -71,13 +77,24 @@ def text_to_video(rng: np.random.Generator, cfg: TaskConfig) -> TaskSample:
 
 def predict(rng: np.random.Generator, cfg: TaskConfig) -> TaskSample:
     states = rollout(random_state(rng, cfg.world), cfg.video_frames - 1)
-    return TaskSample("predict", [Video(pixels=render(states))], states)
+    notes = _motion_notes(rng, states, first=1) if cfg.say_motion else None
+    return TaskSample("predict", [Video(pixels=render(states), notes=notes)], states)
 
 
 def act(rng: np.random.Generator, cfg: TaskConfig) -> TaskSample:
     actions = [ACTIONS[int(i)] for i in rng.integers(len(ACTIONS), size=cfg.video_frames - 1)]
     states = rollout(random_state(rng, cfg.world, agent=True), cfg.video_frames - 1, actions)
-    return TaskSample("act", [Video(pixels=render(states), actions=actions)], states, actions)
+    notes = _motion_notes(rng, states, first=0) if cfg.say_motion else None
+    return TaskSample("act", [Video(pixels=render(states), actions=actions, notes=notes)], states, actions)
+
+
+def _motion_notes(rng: np.random.Generator, states: list[State], first: int) -> list[str] | None:
+    """The motion said before every frame from a random one after frame ``first`` on."""
+    gaps = len(states) - 1
+    if gaps <= first:
+        return None
+    start = int(rng.integers(first, gaps))
+    return ["" if t < start else motion_note(states[t], states[t + 1]) for t in range(gaps)]
 
 
 def qa(rng: np.random.Generator, cfg: TaskConfig) -> TaskSample:
