@@ -22,7 +22,7 @@ from ringworld.tokens.codec import Codec, Encoded
 from ringworld.tokens.vocab import Vocab
 from ringworld.world.sim import WorldConfig
 from ringworld.world.tasks import (
-    DEFAULT_TASKS,
+    DEFAULT_WEIGHTS,
     NEEDLE_TASKS,
     TaskConfig,
     TaskSample,
@@ -129,7 +129,7 @@ class WorldSource:
 
     def mixture(self) -> dict[str, float]:
         """The task weights documents are drawn with now."""
-        return dict(self.task_weights or dict.fromkeys(DEFAULT_TASKS, 1.0))
+        return dict(self.task_weights or DEFAULT_WEIGHTS)
 
     def set_task_weights(self, weights: dict[str, float]) -> None:
         check_task_weights(weights)

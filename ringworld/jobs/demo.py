@@ -13,7 +13,7 @@ from __future__ import annotations
 import json
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
@@ -33,9 +33,6 @@ from ringworld.world.sim import WorldConfig
 # regions are 2x2 cells each.
 DEMO_WORLD = WorldConfig(frame_size=48, object_size=8, snap=8)
 DEMO_VISION = VisionConfig(frame_size=48, patch=8, kernel=1)
-
-# Weights of the world tasks in the demo's training mixture: the scored tasks, text->video lighter.
-DEMO_TASKS = {"text_to_image": 2.0, "image_to_text": 1.0, "text_to_video": 0.5, "predict": 1.0, "act": 1.0, "qa": 1.0}
 
 # Steps, not seconds: the same figures on every run. Sized on a 2-core AVX2 CPU (docs/results.md,
 # #20): 1,200 tokenizer steps are the fewest measured that reconstruct every held-out frame (800:
@@ -67,17 +64,8 @@ class DemoConfig:
     train_steps: int = TRAIN_STEPS
     samples: int = 100  # eval episodes per task
     preset: str = "tiny"
-    seq_len: int = 512  # world documents are 40-300 tokens: short rows waste no attention
-    batch_size: int = 8  # measured: 8 rows leave the background-only plateau sooner than 2 or 4 in the same time
-    lr: float = 3e-3
-    # Five: two frames show every velocity and three more are fixed by them, so a document teaches three
-    # determined frames; the eval's 4-step rollouts fit one video, and its prediction window holds 4 frames.
-    # Frames after the first are written as their changes (a few ids each), so five frames cost about
-    # what two whole ones did (docs/results.md, #21).
-    video_frames: int = 5
     eval_every: int = 50  # held-out learning curves (metrics.jsonl, TensorBoard, the report's plot)
     compile: bool = False  # measured: compiled bf16 blocks are no faster on the CPU, and compiling costs ~20 s
-    tasks: dict[str, float] = field(default_factory=lambda: dict(DEMO_TASKS))
 
 
 def run_demo(out: str | Path, cfg: DemoConfig = DemoConfig()) -> dict:
@@ -115,11 +103,6 @@ def run_demo(out: str | Path, cfg: DemoConfig = DemoConfig()) -> dict:
         out=str(run),
         tokenizer=str(out / "tokenizer"),
         preset=cfg.preset,
-        tasks=cfg.tasks,
-        video_frames=cfg.video_frames,
-        seq_len=cfg.seq_len,
-        batch_size=cfg.batch_size,
-        lr=cfg.lr,
         steps=cfg.train_steps,
         max_seconds=0,
         save_every=cfg.train_steps,

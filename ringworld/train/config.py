@@ -66,7 +66,10 @@ class TrainConfig:
     tokenizer: str = option("", "tokenizer directory from `ringworld tokenizer train` (copied into the run)", "data")
     data: str = option("world", "'world' (the sprite-world task mixture) or an ingested shard directory", "data")
     tasks: dict[str, float] | None = option(
-        None, "world task weights, e.g. text_to_image=2,qa=1", "data", shown="uniform"
+        None,
+        "world task weights, e.g. text_to_image=2,qa=1",
+        "data",
+        shown="the demo's: world/tasks.py DEFAULT_WEIGHTS",
     )
     follow_curves: bool = option(
         False,
@@ -75,7 +78,10 @@ class TrainConfig:
         "data",
         shown="off",
     )
-    video_frames: int = option(4, "frames in world videos", "data")
+    # Five: two frames show every velocity and three more are fixed by them, so a document teaches three
+    # determined frames; the eval's 4-step rollouts fit one video. Frames after the first are written as
+    # their changes (a few ids each), so five frames cost about what two whole ones did (#21).
+    video_frames: int = option(5, "frames in world videos", "data")
     say_motion: bool = option(
         False,
         "prediction and action videos say how each object moves before each frame (from a random frame on); "
@@ -107,7 +113,9 @@ class TrainConfig:
         "auto", "attention kernel; blockwise keeps memory linear in length", "long context", shown="auto: measured"
     )
     # optimisation
-    seq_len: int = option(1024, "tokens per packed row", "optimisation")
+    # world documents are 40-300 tokens: short rows waste no attention (ingested shards are cut to rows)
+    seq_len: int = option(512, "tokens per packed row", "optimisation")
+    # measured: 8 rows leave the background-only plateau sooner than 2 or 4 in the same time (#11)
     batch_size: int = option(8, "rows per optimizer step, all processes and micro-batches together", "optimisation")
     grad_accum: int = option(1, "micro-batches per step", "optimisation")
     steps: int = option(1000, "optimizer steps", "optimisation")

@@ -16,8 +16,8 @@ frames alone is a document the model has seen; at inference it is made to speak 
 | needle_text   | Text(filler + magic number), Text(question), Text(n)  | the number       |
 | needle_video  | Video(haystack + one flash frame), Text(q), Text(c)   | the colour word  |
 
-The needle tasks (``ringworld.world.needle``) make long documents and are not in the uniform
-mixture (``DEFAULT_TASKS``): name them in the weights to train on them, with their sizes fitted
+The needle tasks (``ringworld.world.needle``) make long documents and are not in the default
+mixture (``DEFAULT_WEIGHTS``): name them in the weights to train on them, with their sizes fitted
 to the row length by ``fit_needles``.
 """
 
@@ -153,7 +153,17 @@ TASKS: dict[str, Callable[[np.random.Generator, TaskConfig], TaskSample]] = {
     "needle_video": needle_video,
 }
 NEEDLE_TASKS: tuple[str, ...] = ("needle_text", "needle_video")
-DEFAULT_TASKS: tuple[str, ...] = tuple(t for t in TASKS if t not in NEEDLE_TASKS)  # the mixture when no weights
+# The mixture when no weights are given: the scored tasks, drawing twice and text->video half as often
+# (the demo's, measured in #11 and kept through #21: docs/results.md).
+DEFAULT_WEIGHTS: dict[str, float] = {
+    "text_to_image": 2.0,
+    "image_to_text": 1.0,
+    "text_to_video": 0.5,
+    "predict": 1.0,
+    "act": 1.0,
+    "qa": 1.0,
+}
+DEFAULT_TASKS: tuple[str, ...] = tuple(DEFAULT_WEIGHTS)
 
 
 def sample_task(name: str, rng: np.random.Generator, cfg: TaskConfig = TaskConfig()) -> TaskSample:
@@ -174,8 +184,8 @@ def check_task_weights(weights: dict[str, float]) -> None:
 def sample_mixture(
     rng: np.random.Generator, weights: dict[str, float] | None = None, cfg: TaskConfig = TaskConfig()
 ) -> TaskSample:
-    """One sample from a weighted mixture of tasks (uniform over ``DEFAULT_TASKS`` when ``weights`` is None)."""
-    weights = weights or dict.fromkeys(DEFAULT_TASKS, 1.0)
+    """One sample from a weighted mixture of tasks (``DEFAULT_WEIGHTS`` when ``weights`` is None)."""
+    weights = weights or DEFAULT_WEIGHTS
     check_task_weights(weights)
     names = list(weights)
     p = np.array([weights[n] for n in names], dtype=float)
