@@ -12,13 +12,13 @@ import torch.nn.functional as F
 
 from ringworld.data.packing import pack
 from ringworld.documents import Image, Text, Video
-from ringworld.eval.world import evaluate
+from ringworld.eval.world import TrainingJudge, evaluate
 from ringworld.infer.tasks import load_world_model
 from ringworld.model.transformer import ModelConfig, Transformer
 from ringworld.tokens.bundle import load_codec
 from ringworld.tokens.codec import Codec
 from ringworld.train.config import TrainConfig
-from ringworld.train.curves import FOLLOW_FLOOR, HeldOutCurves, follow_curves
+from ringworld.train.curves import FOLLOW_FLOOR, SKILL_KEYS, HeldOutCurves, follow_curves
 from ringworld.train.loop import train
 from ringworld.train.loss import background_logit_bias, most_frequent_code, weigh_background
 from ringworld.train.metrics import read_metrics
@@ -148,7 +148,7 @@ def test_curves_are_finite_and_improve_with_training(world_tokenizer_dir, tmp_pa
     evals = [r for r in rows if "heldout/t2i_object_acc" in r]
     assert [r["step"] for r in evals] == [10, 20, 30, 40, 50, 60]
     keys = [k for k in evals[0] if k.startswith("heldout/")]
-    assert len(keys) == 18 and all(math.isfinite(r[k]) for r in evals for k in keys)
+    assert len(keys) == 15 and all(math.isfinite(r[k]) for r in evals for k in keys)
     assert all(0 <= r[k] <= 1 for r in evals for k in keys if k.endswith("_acc"))
     object_loss = [sum(r[f"heldout/{t}_object_loss"] for t in ("t2i", "t2v", "predict", "act")) for r in evals]
     assert object_loss[-1] < object_loss[0] - 1.0, object_loss
@@ -180,11 +180,24 @@ def test_a_run_that_says_motion_curves_what_it_says(world_tokenizer_dir, tmp_pat
         replace(cfg, data="shards/")
 
 
+def test_the_judge_scores_the_live_model_and_leaves_its_training_alone(world_tokenizer_dir, tmp_path):
+    cfg = _world_run(tmp_path / "plain", world_tokenizer_dir, video_frames=3, batch_size=2, steps=4, log_every=2)
+    plain = train(cfg, progress=False)
+    judge = TrainingJudge(video_frames=3, samples=2)
+    judged = train(replace(cfg, out=str(tmp_path / "judged"), judge_every=2), progress=False, judge=judge)
+    assert [h["loss"] for h in judged.history] == [h["loss"] for h in plain.history]
+    rows = [r for r in read_metrics(tmp_path / "judged") if "judged/t2i_accuracy" in r]
+    assert [r["step"] for r in rows] == [2, 4]
+    assert all(0 <= row[f"judged/{key}"] <= 1 for row in rows for key in SKILL_KEYS.values())
+
+
 def test_task_weights_follow_what_the_curves_have_left_to_learn():
     base = {"text_to_image": 2.0, "image_to_text": 1.0, "predict": 1.0, "needle_text": 0.5}
-    metrics = {"t2i_image_acc": 0.5, "caption_acc": 1.0, "predict_frame_acc": float("nan")}
-    followed = follow_curves(base, metrics)
+    skills = {"t2i_accuracy": 0.5, "caption_accuracy": 1.0, "predict_accuracy_1": float("nan")}
+    followed = follow_curves(base, skills)
     # half learned: half its weight; learned: the floor; not measured (nan, or no metric): as it was
     assert followed == {"text_to_image": 1.0, "image_to_text": FOLLOW_FLOOR, "predict": 1.0, "needle_text": 0.5}
-    with pytest.raises(ValueError, match="follow_curves needs"):
-        TrainConfig(out="x", follow_curves=True, eval_every=0)
+    with pytest.raises(ValueError, match="follow_curves needs the judged curves"):
+        TrainConfig(out="x", follow_curves=True)
+    with pytest.raises(ValueError, match="judge_every is for world data"):
+        TrainConfig(out="x", data="shards/", judge_every=10)

@@ -65,26 +65,28 @@ def test_resume_gives_identical_losses_and_weights(world_tokenizer_dir, tmp_path
     assert logged == [1, 2, 3, 4, 5, 6]
 
 
-def test_task_weights_that_follow_the_curves_resume_exactly(world_tokenizer_dir, tmp_path, monkeypatch):
-    # the real rule barely moves the weights in a few steps: one that reads a curve that moves at once
-    def follow(base, metrics):
-        return {**base, "qa": 1.0 + 20 * metrics["predict_cell_acc"]}
+def test_task_weights_that_follow_the_judge_resume_exactly(world_tokenizer_dir, tmp_path):
+    # a tiny model's judged figures stay at 0 for a few steps: a stand-in judge that says QA is learned
+    def judge(model, codec, settings, logit_bias):
+        return {"qa_accuracy": 0.95, "t2i_accuracy": 0.0}
 
-    monkeypatch.setattr(loop_module, "follow_curves", follow)
-    common = {**SMALL, "eval_every": 2, "video_frames": 3}
+    common = {**SMALL, "judge_every": 2, "video_frames": 3}
     cfg = TrainConfig(out=str(tmp_path / "once"), tokenizer=str(world_tokenizer_dir), follow_curves=True, **common)
-    once = train(cfg, progress=False)
-    fixed = train(replace(cfg, out=str(tmp_path / "fixed"), follow_curves=False), progress=False)
+    once = train(cfg, progress=False, judge=judge)
+    fixed = train(replace(cfg, out=str(tmp_path / "fixed"), follow_curves=False), progress=False, judge=judge)
     assert losses(once.history)[:2] == losses(fixed.history)[:2]
     assert losses(once.history)[2:] != losses(fixed.history)[2:]  # from step 3 on, another mixture
     split = replace(cfg, out=str(tmp_path / "split"))
-    first = train(split, stop_at=3, progress=False)
-    second = train(split, resume=True, progress=False)
+    first = train(split, stop_at=3, progress=False, judge=judge)
+    second = train(split, resume=True, progress=False, judge=judge)
     assert losses(first.history) + losses(second.history) == losses(once.history)
     state = json.loads((latest_checkpoint(tmp_path / "split") / "trainer_state.json").read_text())
-    assert state["data"]["task_weights"]["qa"] > 1.0
+    assert state["data"]["task_weights"]["qa"] == pytest.approx(0.1) and state["data"]["task_weights"]["act"] == 1.0
     logged = read_metrics(tmp_path / "once")
     assert [r["step"] for r in logged if "task_weight/qa" in r] == [2, 4, 6]
+    assert [r["judged/qa_accuracy"] for r in logged if "judged/qa_accuracy" in r] == [0.95] * 3
+    with pytest.raises(ValueError, match="judge_every needs a judge"):
+        train(cfg, progress=False)
 
 
 def test_gradient_accumulation_equals_one_big_batch(world_tokenizer_dir, tmp_path):

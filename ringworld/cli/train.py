@@ -118,7 +118,12 @@ def _train(args: argparse.Namespace) -> None:
         if changed:
             print(f"resuming with changed settings: {changed}")
     cfg = TrainConfig.from_dict({**base, **given, "out": str(args.out), "model": {**base.get("model", {}), **model}})
-    result = train(cfg, resume=args.resume, stop_at=args.stop_at, device=args.device)
+    judge = None
+    if cfg.judge_every:
+        from ringworld.eval.world import TrainingJudge
+
+        judge = TrainingJudge(cfg.video_frames, cfg.say_motion)
+    result = train(cfg, resume=args.resume, stop_at=args.stop_at, device=args.device, judge=judge)
     if result.is_main and result.history and result.checkpoint is not None:
         last = result.history[-1]
         print(

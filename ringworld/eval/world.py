@@ -29,6 +29,7 @@ from __future__ import annotations
 
 import math
 from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
 
 import numpy as np
 import torch
@@ -36,6 +37,7 @@ from tqdm.auto import tqdm
 
 from ringworld.data.sources import WorldSource
 from ringworld.eval.tokenizer import evaluate_vision
+from ringworld.infer.engine import Engine
 from ringworld.infer.sampling import Sampling
 from ringworld.infer.tasks import (
     DEFAULT_GUIDANCE,
@@ -194,6 +196,49 @@ def evaluate(
         evaluation.metrics["eval_samples_per_task"] = samples
         evaluation.metrics["drawing"] = asdict(sampling) | {"guidance": guidance}  # how images and videos were drawn
     return evaluation
+
+
+JUDGE_SAMPLES = 32  # episodes a task for a judge during training: ~10 s on one core for the tiny model
+JUDGE_SEED = 7_000_017  # its episodes: neither training's nor the final eval's, which no choice may see
+
+
+def judged_skills(metrics: dict) -> dict[str, float]:
+    """``evaluate``'s judged figures as one number a key, the ones the targets name: prediction one
+    step ahead, and actions as the mean over their rollout steps."""
+    per_step = metrics["action_accuracy_per_step"]
+    skills = {
+        "t2i_accuracy": metrics["t2i_accuracy"],
+        "caption_accuracy": metrics["caption_accuracy"],
+        "t2v_accuracy": metrics["t2v_accuracy"],
+        "predict_accuracy_1": metrics["predict_accuracy"][0],
+        "action_accuracy_mean": round(sum(per_step) / len(per_step), 4),
+        "qa_accuracy": metrics["qa_accuracy"],
+    }
+    said = {k: metrics[k] for k in ("predict_said_accuracy",) if k in metrics}  # models that say the motion
+    return skills | said
+
+
+@dataclass(frozen=True)
+class TrainingJudge:
+    """The oracle's judgement of the model being trained (``ringworld train --judge-every N``):
+    ``samples`` held-out episodes of each task (``JUDGE_SEED``), generated from the live weights and
+    judged as ``evaluate`` does, as ``judged_skills``. Called by the training loop, which has the model, its
+    codec, the tokenizer's world settings and the logit bias it samples with."""
+
+    video_frames: int
+    says_motion: bool = False
+    samples: int = JUDGE_SAMPLES
+
+    def __call__(self, model, codec, world_settings: dict, logit_bias: torch.Tensor | None) -> dict[str, float]:
+        was_training = model.training
+        try:
+            engine = Engine(model, codec, logit_bias=logit_bias)
+            world = WorldConfig(**world_settings)
+            wm = WorldModel(engine, world, Path(), max(2, self.video_frames), self.says_motion)
+            judged = evaluate(wm, samples=self.samples, seed=JUDGE_SEED, judged_only=True, progress=False)
+            return judged_skills(judged.metrics)
+        finally:
+            model.train(was_training)
 
 
 def _t2i(wm, episodes, world, guidance, sampling):

@@ -73,8 +73,8 @@ class TrainConfig:
     )
     follow_curves: bool = option(
         False,
-        "every --eval-every steps, weigh each world task by what its held-out curve has left to learn: its weight "
-        "x (1 - skill), at least 0.1 x its weight (train/curves.py)",
+        "every --judge-every steps, weigh each world task by what the oracle's judgement says it has left to "
+        "learn: its weight x (1 - skill), at least 0.1 x its weight (train/curves.py)",
         "data",
         shown="off",
     )
@@ -156,6 +156,12 @@ class TrainConfig:
     eval_every: int = option(
         100, "steps between the held-out curves (world data; a multiple of --log-every; 0: off)", "speed"
     )
+    judge_every: int = option(
+        0,
+        "steps between oracle-judged samples of the live model (world data; a multiple of --log-every; 0: off): "
+        "32 generated episodes a task, judged as `ringworld eval world` does, logged as judged/<figure>",
+        "speed",
+    )
     save_every: int = option(500, "steps between checkpoints", "speed")
     keep: int = option(2, "checkpoints kept", "speed")
     tensorboard: bool = option(True, "write TensorBoard logs", "speed", shown="on")
@@ -172,8 +178,14 @@ class TrainConfig:
             )
         if self.say_motion and self.data != "world":
             problems.append("say_motion is for world data (--data world): it writes the world's motion into videos")
-        if self.follow_curves and (self.data != "world" or not self.eval_every):
-            problems.append("follow_curves needs world data (--data world) and held-out curves (--eval-every > 0)")
+        if self.judge_every < 0 or (self.judge_every and self.judge_every % self.log_every):
+            problems.append(
+                f"judge_every must be 0 (off) or a multiple of log_every {self.log_every} (got {self.judge_every})"
+            )
+        if self.judge_every and self.data != "world":
+            problems.append("judge_every is for world data (--data world): the oracle judges the world's tasks")
+        if self.follow_curves and not self.judge_every:
+            problems.append("follow_curves needs the judged curves it follows (--judge-every > 0)")
         if self.dtype not in DTYPES:
             problems.append(f"dtype must be one of {', '.join(DTYPES)} (got {self.dtype!r})")
         for check in (

@@ -13,6 +13,7 @@ import shutil
 import signal
 import threading
 import time
+from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass, fields, replace
@@ -33,6 +34,7 @@ from ringworld.parallel.mesh import Distributed, build_model, init_distributed, 
 from ringworld.parallel.ring import zigzag_shard
 from ringworld.perf import fast_bf16, measured_peak_flops
 from ringworld.tokens.bundle import load_codec, world_settings
+from ringworld.tokens.codec import Codec
 from ringworld.tokens.vocab import Vocab
 from ringworld.train.checkpoint import (
     check_same_shape,
@@ -59,6 +61,9 @@ from ringworld.train.loss import (
 )
 from ringworld.train.metrics import MetricsLogger
 from ringworld.train.optim import Optimizers, make_optimizer, set_hyperparameters
+
+# (model, codec, the tokenizer's world settings, logit bias) -> judged figures, e.g. TrainingJudge
+Judge = Callable[[torch.nn.Module, Codec, dict, torch.Tensor | None], dict[str, float]]
 
 
 @dataclass
@@ -149,19 +154,28 @@ def train(
     stop_at: int | None = None,
     device: str | None = None,
     progress: bool = True,
+    judge: Judge | None = None,
 ) -> TrainResult:
     """Train (or resume) the run ``cfg.out``; ``stop_at`` ends early at that step, with a checkpoint.
-    A config with ``stages`` trains each stage in ``out/stage_K`` (see ``train_stages``)."""
+    A config with ``stages`` trains each stage in ``out/stage_K`` (see ``train_stages``). ``judge``
+    scores the live model every ``cfg.judge_every`` steps (``ringworld.eval.world.TrainingJudge``:
+    the layers above training pass it in)."""
+    if cfg.judge_every and judge is None:
+        raise ValueError("judge_every needs a judge: `ringworld train` passes the oracle's (eval.world.TrainingJudge)")
     d = init_distributed(device, cp=cfg.context_parallel)
     try:
+        if judge is not None and d.world_size > 1:
+            raise ValueError("the judge generates in the training process: run --judge-every on one process")
         if cfg.stages:
-            return train_stages(cfg, d, resume=resume, progress=progress)
-        return _train(cfg, d, resume=resume, stop_at=stop_at, progress=progress)
+            return train_stages(cfg, d, resume=resume, progress=progress, judge=judge)
+        return _train(cfg, d, resume=resume, stop_at=stop_at, progress=progress, judge=judge)
     finally:
         shutdown(d)
 
 
-def train_stages(cfg: TrainConfig, d: Distributed, *, resume: bool, progress: bool) -> TrainResult:
+def train_stages(
+    cfg: TrainConfig, d: Distributed, *, resume: bool, progress: bool, judge: Judge | None = None
+) -> TrainResult:
     """Progressive context growth (LWM): each stage (its own length, RoPE theta and steps) is a run of
     its own in ``out/stage_K`` that starts from the previous stage's last weights (the first from
     ``init_from``, if given). Resuming finishes the stage in progress and runs the rest."""
@@ -178,7 +192,9 @@ def train_stages(cfg: TrainConfig, d: Distributed, *, resume: bool, progress: bo
                     f"{stage.steps} steps"
                 )
             stage = replace(stage, init_from=init_from)
-            result = _train(stage, d, resume=resume and latest is not None, stop_at=None, progress=progress)
+            result = _train(
+                stage, d, resume=resume and latest is not None, stop_at=None, progress=progress, judge=judge
+            )
             history += result.history
             tokens, seconds = tokens + result.tokens_seen, seconds + result.seconds
         init_from = stage.out
@@ -186,7 +202,9 @@ def train_stages(cfg: TrainConfig, d: Distributed, *, resume: bool, progress: bo
     return TrainResult(Path(cfg.out), last, history, d.is_main, tokens, seconds)
 
 
-def _train(cfg: TrainConfig, d: Distributed, *, resume: bool, stop_at: int | None, progress: bool) -> TrainResult:
+def _train(
+    cfg: TrainConfig, d: Distributed, *, resume: bool, stop_at: int | None, progress: bool, judge: Judge | None
+) -> TrainResult:
     run = Path(cfg.out)
     init = resolve_checkpoint(cfg.init_from) if cfg.init_from else None
     if init is not None and not cfg.tokenizer:
@@ -208,7 +226,8 @@ def _train(cfg: TrainConfig, d: Distributed, *, resume: bool, stop_at: int | Non
         check_same_shape(init, model_cfg)
         load_weights(init, model, d)
     optimizer = make_optimizer(model, cfg, d.device)
-    source = make_source(cfg, codec, world_settings(run / "tokenizer"))
+    settings = world_settings(run / "tokenizer")
+    source = make_source(cfg, codec, settings)
     base_weights = source.mixture() if isinstance(source, WorldSource) else {}  # what follow_curves scales
     rows = _global_rows(cfg, d)
     background = _background_code(source, codec.vocab, resume_from or init)
@@ -288,8 +307,11 @@ def _train(cfg: TrainConfig, d: Distributed, *, resume: bool, stop_at: int | Non
                 if curves is not None and (step % cfg.eval_every == 0 or step == end):
                     heldout = curves(model, logit_bias)
                     record |= {"seconds": elapsed} | {f"heldout/{k}": v for k, v in heldout.items()}
+                if judge is not None and (step % cfg.judge_every == 0 or step == end):
+                    judged = judge(model, codec, settings, logit_bias)
+                    record |= {"seconds": elapsed} | {f"judged/{k}": v for k, v in judged.items()}
                     if cfg.follow_curves:
-                        mixture = follow_curves(base_weights, heldout)
+                        mixture = follow_curves(base_weights, judged)
                         batches.set_task_weights(mixture)
                         record |= {f"task_weight/{task}": round(w, 4) for task, w in mixture.items()}
                 logger.log(record, bar)
