@@ -26,6 +26,13 @@ def add_parsers(commands) -> None:
         "--threads", type=positive_int, default=None, help="torch CPU threads; the figures depend on it [2]"
     )
     demo.add_argument("--samples", type=positive_int, default=None, help="eval episodes per task [the demo's default]")
+    demo.add_argument(
+        "--judge-every",
+        type=positive_int,
+        default=None,
+        help="judge 32 generated episodes a task every N training steps (a multiple of 25): a curve of the judged "
+        "figures, judged/... in OUT/model/metrics.jsonl; training is unchanged [off]",
+    )
     demo.add_argument("--seed", type=int, default=0, help="seed of every stage (default: 0)")
     demo.set_defaults(run=_demo)
 
@@ -38,5 +45,6 @@ def _demo(args: argparse.Namespace) -> None:
         "train_steps": args.train_steps,
         "threads": args.threads,
         "samples": args.samples,
+        "judge_every": args.judge_every,
     }
     run_demo(args.out, DemoConfig(seed=args.seed, **{k: v for k, v in given.items() if v is not None}))

@@ -65,13 +65,14 @@ class DemoConfig:
     samples: int = 100  # eval episodes per task
     preset: str = "tiny"
     eval_every: int = 50  # held-out learning curves (metrics.jsonl, TensorBoard, the report's plot)
+    judge_every: int = 0  # judged curves (--judge-every): off, they add ~5 s a time; a longer recipe wants them
     compile: bool = False  # measured: compiled bf16 blocks are no faster on the CPU, and compiling costs ~20 s
 
 
 def run_demo(out: str | Path, cfg: DemoConfig = DemoConfig()) -> dict:
     """Run every stage into ``out`` and write ``out/summary.json``; returns the summary."""
     from ringworld.eval.report import write_report
-    from ringworld.eval.world import evaluate
+    from ringworld.eval.world import TrainingJudge, evaluate
     from ringworld.infer.tasks import load_world_model
     from ringworld.train.config import TrainConfig
     from ringworld.train.loop import train
@@ -108,10 +109,12 @@ def run_demo(out: str | Path, cfg: DemoConfig = DemoConfig()) -> dict:
         save_every=cfg.train_steps,
         log_every=25,
         eval_every=cfg.eval_every,
+        judge_every=cfg.judge_every,
         compile=cfg.compile,
         seed=cfg.seed,
     )
-    trained = train(train_cfg)
+    judge = TrainingJudge(train_cfg.video_frames) if cfg.judge_every else None
+    trained = train(train_cfg, judge=judge)
     last = trained.history[-1] if trained.history else {}
 
     print(f"[4/5] evaluating with the oracle ({cfg.samples} held-out episodes per task) -> {out}/eval.json")
