@@ -35,7 +35,14 @@ def copied(codec):
 def test_a_perfect_model_scores_exactly_one_on_every_task(codec):
     perfect = OracleModel(codec, DEMO_WORLD, seed=3)
     metrics = evaluate(perfect, samples=SAMPLES, horizon=HORIZON, judged_only=True, progress=False).metrics
-    for key in ("t2i_accuracy", "caption_accuracy", "t2v_accuracy", "action_accuracy", "qa_accuracy"):
+    for key in (
+        "t2i_accuracy",
+        "caption_accuracy",
+        "t2v_accuracy",
+        "action_accuracy",
+        "action_accuracy_mean",
+        "qa_accuracy",
+    ):
         assert metrics[key] == 1.0, key
     assert metrics["predict_accuracy"] == [1.0] * HORIZON
     assert metrics["action_accuracy_per_step"] == [1.0] * HORIZON
@@ -94,6 +101,7 @@ def test_copying_the_last_frame_scores_what_the_simulator_says(copied):
     expected = [round(float(np.mean([r >= k for r in act_steps])), 4) for k in range(1, HORIZON + 1)]
     assert copied["action_accuracy_per_step"] == expected
     assert copied["action_accuracy"] == expected[-1]
+    assert copied["action_accuracy_mean"] == pytest.approx(np.mean(expected), abs=1e-4)
     assert expected[0] > expected[-1] > 0
 
 

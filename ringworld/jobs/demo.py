@@ -46,6 +46,7 @@ SUMMARY_KEYS = (
     "t2v_accuracy",
     "predict_accuracy",
     "action_accuracy",
+    "action_accuracy_mean",
     "qa_accuracy",
     "perplexity_text",
     "perplexity_vision",
