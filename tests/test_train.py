@@ -65,11 +65,25 @@ def test_resume_gives_identical_losses_and_weights(world_tokenizer_dir, tmp_path
     assert logged == [1, 2, 3, 4, 5, 6]
 
 
-def test_task_weights_that_follow_the_judge_resume_exactly(world_tokenizer_dir, tmp_path):
-    # a tiny model's judged figures stay at 0 for a few steps: a stand-in judge that says QA is learned
-    def judge(model, codec, settings, logit_bias):
-        return {"qa_accuracy": 0.95, "t2i_accuracy": 0.0}
+class StandInJudge:
+    """A tiny model's judged figures stay at 0 for a few steps: this judge says QA is learned, and its
+    figure for drawing moves with the weights, as a real judge's figures do."""
 
+    def check(self, world_settings):
+        pass
+
+    def __call__(self, model, codec, settings, logit_bias):
+        drawn = float(next(model.parameters()).detach().double().sum() * 1e4 % 1)
+        return {"qa_accuracy": 0.95, "t2i_accuracy": drawn}
+
+
+class RefusingJudge(StandInJudge):
+    def check(self, world_settings):
+        raise ValueError("this judge cannot judge this world")
+
+
+def test_task_weights_that_follow_the_judge_resume_exactly(world_tokenizer_dir, tmp_path):
+    judge = StandInJudge()
     common = {**SMALL, "judge_every": 2, "video_frames": 3}
     cfg = TrainConfig(out=str(tmp_path / "once"), tokenizer=str(world_tokenizer_dir), follow_curves=True, **common)
     once = train(cfg, progress=False, judge=judge)
@@ -78,6 +92,12 @@ def test_task_weights_that_follow_the_judge_resume_exactly(world_tokenizer_dir, 
     assert losses(once.history)[2:] != losses(fixed.history)[2:]  # from step 3 on, another mixture
     split = replace(cfg, out=str(tmp_path / "split"))
     first = train(split, stop_at=3, progress=False, judge=judge)
+    # judged at its last step 3 as well, it still draws the mixture followed at step 2 until step 4
+    followed = next(r for r in read_metrics(tmp_path / "once") if "task_weight/qa" in r)
+    at_stop = json.loads((latest_checkpoint(tmp_path / "split") / "trainer_state.json").read_text())["data"]
+    assert at_stop["task_weights"] == pytest.approx(
+        {t: followed[f"task_weight/{t}"] for t in at_stop["task_weights"]}, abs=1e-4
+    )
     second = train(split, resume=True, progress=False, judge=judge)
     assert losses(first.history) + losses(second.history) == losses(once.history)
     state = json.loads((latest_checkpoint(tmp_path / "split") / "trainer_state.json").read_text())
@@ -87,6 +107,19 @@ def test_task_weights_that_follow_the_judge_resume_exactly(world_tokenizer_dir, 
     assert [r["judged/qa_accuracy"] for r in logged if "judged/qa_accuracy" in r] == [0.95] * 3
     with pytest.raises(ValueError, match="judge_every needs a judge"):
         train(cfg, progress=False)
+    with pytest.raises(ValueError, match="cannot judge this world"):  # before the first step, not at it
+        train(replace(cfg, out=str(tmp_path / "refused")), progress=False, judge=RefusingJudge())
+    assert not (tmp_path / "refused" / "metrics.jsonl").exists()
+
+
+def test_a_resumed_run_draws_the_task_mixture_it_is_given_now(world_tokenizer_dir, tmp_path):
+    cfg = TrainConfig(
+        out=str(tmp_path / "run"), tokenizer=str(world_tokenizer_dir), tasks={"qa": 1.0}, **{**SMALL, "steps": 2}
+    )
+    train(cfg, progress=False)
+    train(replace(cfg, steps=4, tasks={"text_to_image": 1.0}), resume=True, progress=False)
+    state = json.loads((latest_checkpoint(tmp_path / "run") / "trainer_state.json").read_text())
+    assert state["data"]["task_weights"] == {"text_to_image": 1.0}
 
 
 def test_gradient_accumulation_equals_one_big_batch(world_tokenizer_dir, tmp_path):

@@ -188,5 +188,7 @@ def metrics_table(metrics: dict) -> str:
             value = "  ".join(f"{v:.3f}" for v in value)
         elif isinstance(value, float):
             value = f"{value:.4f}"
+        elif isinstance(value, dict):  # per kind of question, how images were drawn
+            value = "  ".join(f"{k} {v}" for k, v in value.items())
         rows.append((key, str(value)))
     return table(rows, indent="  ")

@@ -76,7 +76,12 @@ def write_report(directory: str | Path, evaluation: Evaluation, *, run: str | Pa
 def _metrics_table(metrics: dict) -> str:
     rows = []
     for key, value in metrics.items():
-        shown = ", ".join(f"{v:.3f}" for v in value) if isinstance(value, list) else value
+        if isinstance(value, list):
+            shown = ", ".join(f"{v:.3f}" for v in value)
+        elif isinstance(value, dict):  # per kind of question, how images were drawn
+            shown = ", ".join(f"{k} {v}" for k, v in value.items())
+        else:
+            shown = value
         rows.append(f"<tr><th>{html.escape(key)}</th><td>{html.escape(str(shown))}</td></tr>")
     return "<table>" + "".join(rows) + "</table>"
 

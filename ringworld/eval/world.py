@@ -229,6 +229,9 @@ class TrainingJudge:
     says_motion: bool = False
     samples: int = JUDGE_SAMPLES
 
+    def check(self, world_settings: dict) -> None:
+        check_judgeable(WorldConfig(**world_settings))
+
     def __call__(self, model, codec, world_settings: dict, logit_bias: torch.Tensor | None) -> dict[str, float]:
         was_training = model.training
         try:

@@ -39,6 +39,7 @@ DEMO_VISION = VisionConfig(frame_size=48, patch=8, kernel=1)
 # 92 %), and 400 model steps keep `make demo`, install included, near 12 of its 15 minutes there.
 TOKENIZER_STEPS = 1200
 TRAIN_STEPS = 400
+LOG_EVERY = 25  # training steps between logged records (and held-out curves' and judges' multiples)
 
 SUMMARY_KEYS = (
     "t2i_accuracy",
@@ -66,8 +67,12 @@ class DemoConfig:
     samples: int = 100  # eval episodes per task
     preset: str = "tiny"
     eval_every: int = 50  # held-out learning curves (metrics.jsonl, TensorBoard, the report's plot)
-    judge_every: int = 0  # judged curves (--judge-every): off, they add ~5 s a time; a longer recipe wants them
+    judge_every: int = 0  # judged curves (--judge-every): off, they add ~10 s a time; a longer recipe wants them
     compile: bool = False  # measured: compiled bf16 blocks are no faster on the CPU, and compiling costs ~20 s
+
+    def __post_init__(self) -> None:  # before the tokenizers train, not after
+        if self.judge_every % LOG_EVERY:
+            raise ValueError(f"--judge-every must be a multiple of {LOG_EVERY}, the demo's logging interval")
 
 
 def run_demo(out: str | Path, cfg: DemoConfig = DemoConfig()) -> dict:
@@ -108,7 +113,7 @@ def run_demo(out: str | Path, cfg: DemoConfig = DemoConfig()) -> dict:
         steps=cfg.train_steps,
         max_seconds=0,
         save_every=cfg.train_steps,
-        log_every=25,
+        log_every=LOG_EVERY,
         eval_every=cfg.eval_every,
         judge_every=cfg.judge_every,
         compile=cfg.compile,

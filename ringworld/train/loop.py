@@ -13,11 +13,11 @@ import shutil
 import signal
 import threading
 import time
-from collections.abc import Callable
 from concurrent.futures import Future, ThreadPoolExecutor
 from contextlib import nullcontext
 from dataclasses import dataclass, fields, replace
 from pathlib import Path
+from typing import Protocol
 
 import torch
 from tqdm.auto import tqdm
@@ -62,8 +62,17 @@ from ringworld.train.loss import (
 from ringworld.train.metrics import MetricsLogger
 from ringworld.train.optim import Optimizers, make_optimizer, set_hyperparameters
 
-# (model, codec, the tokenizer's world settings, logit bias) -> judged figures, e.g. TrainingJudge
-Judge = Callable[[torch.nn.Module, Codec, dict, torch.Tensor | None], dict[str, float]]
+
+class Judge(Protocol):
+    """Scores the live model every ``judge_every`` steps, e.g. ``ringworld.eval.world.TrainingJudge``."""
+
+    def check(self, world_settings: dict) -> None:
+        """Raise a ValueError, before training starts, if it cannot judge this world."""
+
+    def __call__(
+        self, model: torch.nn.Module, codec: Codec, world_settings: dict, logit_bias: torch.Tensor | None
+    ) -> dict[str, float]:
+        """Judged figures of the model as it is now."""
 
 
 @dataclass
@@ -227,6 +236,8 @@ def _train(
         load_weights(init, model, d)
     optimizer = make_optimizer(model, cfg, d.device)
     settings = world_settings(run / "tokenizer")
+    if judge is not None:
+        judge.check(settings)  # now, not at the first judged step
     source = make_source(cfg, codec, settings)
     base_weights = source.mixture() if isinstance(source, WorldSource) else {}  # what follow_curves scales
     rows = _global_rows(cfg, d)
@@ -238,6 +249,8 @@ def _train(
         state = load_training_state(resume_from, model, optimizer, d)
         set_hyperparameters(optimizer, cfg)  # the checkpoint's param groups carry the old ones
         source.load_state_dict(state["data"])
+        if isinstance(source, WorldSource) and not cfg.follow_curves:  # the mixture asked for now, not the
+            source.set_task_weights(base_weights)  # checkpoint's: --tasks may have changed, or stopped following
         start, elapsed, tokens_seen = state["step"], state["elapsed_seconds"], state["tokens_seen"]
     tokens_at_start, seconds_at_start = tokens_seen, elapsed
     config = {"model": model_cfg.to_dict(), "train": cfg.to_dict(), "background_code": background}
@@ -310,7 +323,8 @@ def _train(
                 if judge is not None and (step % cfg.judge_every == 0 or step == end):
                     judged = judge(model, codec, settings, logit_bias)
                     record |= {"seconds": elapsed} | {f"judged/{k}": v for k, v in judged.items()}
-                    if cfg.follow_curves:
+                    if cfg.follow_curves and step % cfg.judge_every == 0:  # on schedule alone: a run stopped
+                        # and resumed (--stop-at) draws the same mixture as one run through
                         mixture = follow_curves(base_weights, judged)
                         batches.set_task_weights(mixture)
                         record |= {f"task_weight/{task}": round(w, 4) for task, w in mixture.items()}

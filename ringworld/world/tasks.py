@@ -7,14 +7,14 @@
 | text_to_video | Text(caption with motion), Video                      | the video        |
 | predict       | Video(frames: the first ``context`` then the future)  | every frame      |
 | act           | Video(frames, actions between them), agent present    | the frames       |
+| qa            | Image or Video, Text(question), Text(answer)          | the answer       |
+| needle_text   | Text(filler + magic number), Text(question), Text(n)  | the number       |
+| needle_video  | Video(haystack + one flash frame), Text(q), Text(c)   | the colour word  |
 
 With ``say_motion``, prediction and action videos say how every object moves before each frame from
 a random one on (``Video.notes``, ``motion_note``): from the third frame on in prediction (two frames
 show the velocities), from the second with actions. Earlier frames go unsaid, so a prompt of
 frames alone is a document the model has seen; at inference it is made to speak before each frame.
-| qa            | Image or Video, Text(question), Text(answer)          | the answer       |
-| needle_text   | Text(filler + magic number), Text(question), Text(n)  | the number       |
-| needle_video  | Video(haystack + one flash frame), Text(q), Text(c)   | the colour word  |
 
 The needle tasks (``ringworld.world.needle``) make long documents and are not in the default
 mixture (``DEFAULT_WEIGHTS``): name them in the weights to train on them, with their sizes fitted
