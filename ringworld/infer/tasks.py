@@ -115,31 +115,37 @@ def decoded_media(wm: WorldModel, ids: np.ndarray, kind: type, frames: int = 0) 
     """Pixels of the last image or video in ``ids`` (read leniently; constrained spans always parse).
     A video of fewer than ``frames`` frames, cut short by the model's context (frames written as
     changes can run long), goes on with its last frame: the frames it did not change."""
-    segments = wm.codec.decode(ids, lenient=True).segments
-    media = [s for s in segments if isinstance(s, kind)]
+    return _pixels(wm, _last_media(wm, ids, kind), frames)
+
+
+def decoded_video(wm: WorldModel, ids: np.ndarray, frames: int) -> tuple[np.ndarray, list[str]]:
+    """The last video in ``ids``: its pixels, as ``decoded_media`` gives them, and its notes, one
+    per gap between its frames ("" where none)."""
+    video = _last_media(wm, ids, Video)
+    return _pixels(wm, video, frames), video.notes or [""] * max(0, video.num_frames - 1)
+
+
+def _last_media(wm: WorldModel, ids: np.ndarray, kind: type) -> Image | Video:
+    media = [s for s in wm.codec.decode(ids, lenient=True).segments if isinstance(s, kind)]
     if not media:
         raise RuntimeError(f"the model produced no {kind.__name__.lower()}; this is a bug in constrained decoding")
-    pixels = wm.codec.decode_pixels([media[-1]])[0].pixels
-    if kind is Video and 0 < len(pixels) < frames:
+    return media[-1]
+
+
+def _pixels(wm: WorldModel, media: Image | Video, frames: int) -> np.ndarray:
+    pixels = wm.codec.decode_pixels([media])[0].pixels
+    if isinstance(media, Video) and 0 < len(pixels) < frames:
         pixels = np.concatenate([pixels, np.repeat(pixels[-1:], frames - len(pixels), axis=0)])
     return pixels
-
-
-def said_notes(wm: WorldModel, ids: np.ndarray) -> list[str]:
-    """The notes of the last video in ``ids``, one per gap between its frames ("" where none)."""
-    videos = [s for s in wm.codec.decode(ids, lenient=True).segments if isinstance(s, Video)]
-    if not videos:
-        return []
-    return videos[-1].notes or [""] * max(0, videos[-1].num_frames - 1)
 
 
 NOTE_IDS_PER_OBJECT = 16  # room for one object's words in a note ("red circle up and to the left, ")
 
 
-def frame_room(wm: WorldModel, action: bool = False) -> int:
+def frame_room(wm: WorldModel, action: bool = False, notes: bool = False) -> int:
     """The most ids one generated video frame takes: its changes or rows, its <|eof|>, its action,
-    and what the model says before it."""
-    said = NOTE_IDS_PER_OBJECT * wm.world.max_objects if wm.says_motion else 0
+    and (``notes``, for a model that says the motion) what it says before the frame."""
+    said = NOTE_IDS_PER_OBJECT * wm.world.max_objects if notes and wm.says_motion else 0
     return wm.codec.longest_frame + 1 + int(action) + said
 
 
@@ -309,15 +315,16 @@ def predict(
             prompts = [_prompt(wm, [Video(pixels=clip)], drop=2) for clip in context[part]]
             tokens = wm.generate(
                 prompts,
-                max_new_tokens=min(n * frame_room(wm) + 1, wm.room(prompts)),
+                max_new_tokens=min(n * frame_room(wm, notes=True) + 1, wm.room(prompts)),
                 sampling=sampling,
                 video_frames=seen + n,
                 video_notes=wm.says_motion,
                 stop=[_special(wm, "<|/video|>")],
             )
             for i, p, t in zip(range(len(clips))[part], prompts, tokens, strict=True):
-                out.append(decoded_media(wm, np.r_[p, t], Video, seen + n)[seen:])
-                said[i] += _notes_before(said_notes(wm, np.r_[p, t]), seen, n)
+                pixels, notes = decoded_video(wm, np.r_[p, t], seen + n)
+                out.append(pixels[seen:])
+                said[i] += _notes_before(notes, seen, n)
         frames = np.concatenate([frames, np.stack(out)], axis=1)
     return Predicted(frames[:, clips.shape[1] :], said)
 
@@ -354,7 +361,7 @@ def rollout(
             prompts = [_prompt(wm, [Video(pixels=frame[None])], drop=2) for frame in made[-1][part, -1]]
             tokens = wm.generate(
                 prompts,
-                max_new_tokens=min(n * frame_room(wm, action=True) + 1, wm.room(prompts)),
+                max_new_tokens=min(n * frame_room(wm, action=True, notes=True) + 1, wm.room(prompts)),
                 sampling=sampling,
                 video_frames=1 + n,
                 video_actions=chunk[part].tolist(),
@@ -362,7 +369,8 @@ def rollout(
                 stop=[_special(wm, "<|/video|>")],
             )
             for i, p, t in zip(range(len(frames))[part], prompts, tokens, strict=True):
-                out.append(decoded_media(wm, np.r_[p, t], Video, 1 + n)[1:])
-                said[i] += _notes_before(said_notes(wm, np.r_[p, t]), 1, n)
+                pixels, notes = decoded_video(wm, np.r_[p, t], 1 + n)
+                out.append(pixels[1:])
+                said[i] += _notes_before(notes, 1, n)
         made.append(np.stack(out))
     return Predicted(np.concatenate(made[1:], axis=1), said)
