@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import sys
 
-from ringworld.cli import data, demo, evaluate, generate, serve, tokenizer, train, world
+from ringworld.cli import data, demo, evaluate, generate, hf, serve, tokenizer, train, world
 
 DESCRIPTION = """\
 ringworld: one decoder-only transformer over text, image, video and action tokens.
@@ -24,8 +24,9 @@ The built-in sprite world makes its own data, so everything runs offline:
   ringworld eval needle --checkpoint runs/model --lengths 1k,4k --plot needle.png   needle in a haystack
   ringworld serve --checkpoint runs/model         an OpenAI-compatible server (127.0.0.1:8000)
   ringworld demo --out runs/demo                 all of it on the built-in world, in minutes on a CPU
+  ringworld import hf FOLDER --out runs/emu3     a public checkpoint (Emu3, Chameleon, LWM) as a run
 """
-GROUPS = (world, tokenizer, data, train, generate, evaluate, serve, demo)  # in --help's order
+GROUPS = (world, tokenizer, data, train, generate, evaluate, serve, demo, hf)  # in --help's order
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -42,7 +43,7 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.run(args)
-    except (ValueError, OSError) as e:  # bad input, missing or unwritable files: say what, not where
+    except (ValueError, OSError, ImportError) as e:  # bad input, missing files or extras: say what, not where
         print(f"ringworld: error: {e}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:

@@ -1,38 +1,43 @@
-"""Interop with Hugging Face transformers: the ringworld decoder as a Llama (or, with QK-norm, a Qwen3) model.
+"""Interop with Hugging Face transformers: the ringworld decoder in the layouts of public model families
+(``ringworld.families``). Llama (LWM-Text) is ringworld without QK-norm, Qwen3 with its shared RMSNorm
+QK-norm; Emu3's decoder is a Llama; Chameleon's has a LayerNorm QK-norm per head and, with
+``swin_norm``, its norms on the branches' outputs. The families' VQ tokenizers stay HF's
+(``ringworld.tokens.hf_vision``).
 
 What it is for: the architecture parity tests (ringworld's logits and gradients against an independent
-implementation), the benchmarks that compare ringworld with transformers, and loading or saving
-checkpoints in HF format: ``to_hf(model).save_pretrained(path)``,
-``from_hf(AutoModelForCausalLM.from_pretrained(path))``.
+implementation), the benchmarks that compare ringworld with transformers, and importing and exporting
+public checkpoints (``ringworld.jobs.hf``).
 
-Without QK-norm the decoder is exactly ``LlamaForCausalLM``; with it, exactly ``Qwen3ForCausalLM``
-(RMSNorm over each head's q and k, before RoPE). Only the weight names differ.
+    hf = to_hf(model)            # a ringworld model as Llama/Qwen3: same weights, same logits
+    model = from_hf(hf)          # any family -> ringworld, state_dict for state_dict
+    load_into_hf(hf, model)      # and back into an HF model of its family (e.g. one that holds a VQ tokenizer)
 
-transformers is an optional dependency, imported only when these functions are called.
-
-    hf = to_hf(model)            # same weights, same logits: hf(ids).logits == model(ids)
-    model = from_hf(hf)          # and back, state_dict for state_dict
+transformers is an optional dependency (``pip install ringworld[hf]``), imported only when these
+functions are called.
 """
 
 from __future__ import annotations
 
-from types import ModuleType
 from typing import TYPE_CHECKING
 
 import torch
 
+from ringworld.extras import transformers_module
+from ringworld.families import FAMILIES, Family, family_named
 from ringworld.model.transformer import ModelConfig, Transformer
 
 if TYPE_CHECKING:
     from transformers import PreTrainedConfig, PreTrainedModel
 
 
-def _transformers() -> ModuleType:
-    try:
-        import transformers
-    except ImportError as e:
-        raise ImportError("ringworld.model.hf needs Hugging Face transformers: pip install transformers") from e
-    return transformers
+def family_of(hf_cfg: PreTrainedConfig) -> Family:
+    """The family of an HF config; a ValueError naming the known ones for any other."""
+    return family_named(hf_cfg.model_type)
+
+
+def decoder_config(hf_cfg: PreTrainedConfig) -> PreTrainedConfig:
+    """The part of an HF config that describes the decoder (Emu3 keeps it in ``text_config``)."""
+    return hf_cfg.text_config if family_of(hf_cfg).name == "emu3" else hf_cfg
 
 
 CONFIG_NAMES = {  # ringworld ModelConfig field -> HF config field, the same value on both sides
@@ -44,14 +49,20 @@ CONFIG_NAMES = {  # ringworld ModelConfig field -> HF config field, the same val
     "n_kv_heads": "num_key_value_heads",
     "max_seq_len": "max_position_embeddings",
     "norm_eps": "rms_norm_eps",
-    "tie_embeddings": "tie_word_embeddings",
     "init_std": "initializer_range",
 }
+CHAMELEON_QK_EPS = 1e-5  # transformers' Chameleon fixes its QK LayerNorm's eps; ringworld's is norm_eps
 
 
 def hf_config(cfg: ModelConfig) -> PreTrainedConfig:
-    """The HF config of the same architecture: a ``LlamaConfig``, or a ``Qwen3Config`` when ``cfg.qk_norm``."""
-    transformers = _transformers()
+    """The HF config of the same architecture: a ``LlamaConfig``, or a ``Qwen3Config`` when ``cfg.qk_norm``.
+    (Chameleon's options belong to imported models, whose HF config comes with them.)"""
+    transformers = transformers_module()
+    if cfg.qk_norm_per_head or cfg.post_norm:
+        raise ValueError(
+            "a model with Chameleon's QK-norm or norm placement has no Llama/Qwen3 form; "
+            "export it with `ringworld export hf`, which writes the Chameleon model it was imported from"
+        )
     shape = {theirs: getattr(cfg, ours) for ours, theirs in CONFIG_NAMES.items()}
     shape |= dict(
         head_dim=cfg.head_dim,
@@ -59,6 +70,7 @@ def hf_config(cfg: ModelConfig) -> PreTrainedConfig:
         # transformers 5 reads theta from rope_parameters (a bare rope_theta= is a legacy alias)
         rope_parameters={"rope_type": "default", "rope_theta": float(cfg.rope_theta)},
         attention_bias=False,
+        tie_word_embeddings=cfg.tie_embeddings,
         # ringworld's special tokens live in its own vocabulary, not in Llama's defaults (bos 1, eos 2)
         bos_token_id=None,
         eos_token_id=None,
@@ -70,48 +82,74 @@ def hf_config(cfg: ModelConfig) -> PreTrainedConfig:
 
 
 def model_config(hf_cfg: PreTrainedConfig) -> ModelConfig:
-    """The ringworld config of an HF Llama or Qwen3 config; raises if it uses what ringworld does not have."""
-    if hf_cfg.model_type not in ("llama", "qwen3"):
-        raise ValueError(f"HF model type {hf_cfg.model_type!r} is not supported; ringworld maps llama and qwen3 only")
-    rope = hf_cfg.rope_parameters  # transformers standardizes it to hold rope_type and rope_theta
+    """The ringworld config of an HF config of a known family; raises if it uses what ringworld does not have."""
+    family = family_of(hf_cfg)
+    text = decoder_config(hf_cfg)
+    rope = text.rope_parameters  # transformers standardizes it to hold rope_type and rope_theta
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
     problems = []
     if rope["rope_type"] != "default":
         problems.append(f"rope_type {rope['rope_type']!r} (ringworld has plain RoPE only)")
-    if hf_cfg.hidden_act != "silu":
-        problems.append(f"hidden_act {hf_cfg.hidden_act!r} (ringworld's MLP is SwiGLU)")
-    if hf_cfg.attention_bias or getattr(hf_cfg, "mlp_bias", False):
+    if text.hidden_act != "silu":
+        problems.append(f"hidden_act {text.hidden_act!r} (ringworld's MLP is SwiGLU)")
+    if text.attention_bias or getattr(text, "mlp_bias", False):
         problems.append("attention or mlp biases (ringworld's projections have none)")
-    if getattr(hf_cfg, "sliding_window", None) is not None:
-        problems.append(f"a sliding window of {hf_cfg.sliding_window} (ringworld attends to the whole context)")
-    if hf_cfg.head_dim * hf_cfg.num_attention_heads != hf_cfg.hidden_size:
+    if getattr(text, "sliding_window", None) is not None:
+        problems.append(f"a sliding window of {text.sliding_window} (ringworld attends to the whole context)")
+    if head_dim * text.num_attention_heads != text.hidden_size:
         problems.append(
-            f"head_dim {hf_cfg.head_dim} x {hf_cfg.num_attention_heads} heads != hidden_size {hf_cfg.hidden_size} "
+            f"head_dim {head_dim} x {text.num_attention_heads} heads != hidden_size {text.hidden_size} "
             "(ringworld's head_dim is dim / n_heads)"
+        )
+    if family.name == "chameleon" and text.rms_norm_eps != CHAMELEON_QK_EPS:
+        problems.append(
+            f"rms_norm_eps {text.rms_norm_eps} (its QK LayerNorm's eps is {CHAMELEON_QK_EPS}; ringworld uses one eps)"
         )
     if problems:
         raise ValueError(f"HF {hf_cfg.model_type} config has no ringworld equivalent: " + "; ".join(problems))
-    shape = {ours: getattr(hf_cfg, theirs) for ours, theirs in CONFIG_NAMES.items()}
-    return ModelConfig(**shape, rope_theta=rope["rope_theta"], qk_norm=hf_cfg.model_type == "qwen3")
+    shape = {ours: getattr(text, theirs) for ours, theirs in CONFIG_NAMES.items()}
+    return ModelConfig(
+        **shape,
+        rope_theta=rope["rope_theta"],
+        tie_embeddings=bool(hf_cfg.tie_word_embeddings),
+        qk_norm=family.name in ("qwen3", "chameleon"),
+        qk_norm_per_head=family.name == "chameleon",
+        post_norm=family.name == "chameleon" and bool(text.swin_norm),
+    )
 
 
 def to_hf(model: Transformer) -> PreTrainedModel:
     """A fp32 ``LlamaForCausalLM`` (``Qwen3ForCausalLM`` with QK-norm) holding a copy of ``model``'s weights,
     on its device and in its train/eval mode."""
-    transformers = _transformers()
+    transformers = transformers_module()
     cfg = model.cfg
     cls = transformers.Qwen3ForCausalLM if cfg.qk_norm else transformers.LlamaForCausalLM
     hf = cls(hf_config(cfg))
-    hf.load_state_dict(_to_hf_state_dict(model.state_dict(), cfg))
+    hf.load_state_dict(hf_weights(model.state_dict(), cfg, FAMILIES[hf.config.model_type]))
     return hf.to(model.embed.weight.device).train(model.training)
 
 
 def from_hf(hf_model: PreTrainedModel) -> Transformer:
-    """A ringworld ``Transformer`` holding a copy of an HF Llama/Qwen3 causal LM's weights, on its device and
-    in its train/eval mode."""
+    """A ringworld ``Transformer`` holding a copy of an HF model's decoder weights (any family above), on its
+    device, in its dtype and in its train/eval mode."""
     cfg = model_config(hf_model.config)
-    model = Transformer(cfg)
-    model.load_state_dict(_from_hf_state_dict(hf_model.state_dict(), cfg))
-    return model.to(hf_model.device).train(hf_model.training)
+    with torch.device("meta"):  # no memory and no init for weights about to be overwritten (an 8B model)
+        model = Transformer(cfg).to(hf_model.dtype)
+    model.to_empty(device=hf_model.device)
+    if cfg.tie_embeddings:  # to_empty gives every parameter storage of its own
+        model.head.weight = model.embed.weight
+    model.load_state_dict(ringworld_weights(hf_model.state_dict(), cfg, family_of(hf_model.config)))
+    return model.train(hf_model.training)
+
+
+def load_into_hf(hf_model: PreTrainedModel, model: Transformer) -> None:
+    """Copy ``model``'s weights into the decoder of ``hf_model``, an HF model of its family and shape (the
+    rest of it, a VQ tokenizer say, is left as it is)."""
+    family = family_of(hf_model.config)
+    weights = hf_weights(model.state_dict(), model.cfg, family)
+    _, unexpected = hf_model.load_state_dict(weights, strict=False)  # a shape that differs raises here
+    if unexpected:
+        raise ValueError(f"the HF {family.name} model has no weights named {unexpected[:3]}: another architecture")
 
 
 # weight names ---------------------------------------------------------------------------------
@@ -127,25 +165,28 @@ LAYER_NAMES = {  # ringworld block weight -> HF decoder layer weight
     "mlp.w_down.weight": "mlp.down_proj.weight",
 }
 QK_NORM_NAMES = {"attn.q_norm.weight": "self_attn.q_norm.weight", "attn.k_norm.weight": "self_attn.k_norm.weight"}
-TOP_NAMES = {
-    "embed.weight": "model.embed_tokens.weight",
-    "norm.weight": "model.norm.weight",
-    "head.weight": "lm_head.weight",
-}
+QK_NORM_BIAS_NAMES = {"attn.q_norm.bias": "self_attn.q_norm.bias", "attn.k_norm.bias": "self_attn.k_norm.bias"}
 
 
-def weight_names(cfg: ModelConfig) -> dict[str, str]:
-    """Every ringworld weight name and its HF name (the head is the embedding when tied, in both)."""
-    names = dict(TOP_NAMES)
-    layer = LAYER_NAMES | (QK_NORM_NAMES if cfg.qk_norm else {})
+def weight_names(cfg: ModelConfig, family: Family = FAMILIES["llama"]) -> dict[str, str]:
+    """Every ringworld weight name and its name in ``family``'s HF state dict (the head is the embedding
+    when tied, in both)."""
+    p = family.prefix
+    names = {"embed.weight": f"{p}embed_tokens.weight", "norm.weight": f"{p}norm.weight"}
+    names["head.weight"] = "lm_head.weight"
+    layer = dict(LAYER_NAMES)
+    if cfg.qk_norm:
+        layer |= QK_NORM_NAMES | (QK_NORM_BIAS_NAMES if cfg.qk_norm_per_head else {})
     for i in range(cfg.n_layers):
-        names |= {f"layers.{i}.{ours}": f"model.layers.{i}.{theirs}" for ours, theirs in layer.items()}
+        names |= {f"layers.{i}.{ours}": f"{p}layers.{i}.{theirs}" for ours, theirs in layer.items()}
     return names
 
 
-def _to_hf_state_dict(sd: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
-    return {theirs: sd[ours] for ours, theirs in weight_names(cfg).items()}
+def hf_weights(sd: dict[str, torch.Tensor], cfg: ModelConfig, family: Family) -> dict[str, torch.Tensor]:
+    """A ringworld state dict under ``family``'s HF names."""
+    return {theirs: sd[ours] for ours, theirs in weight_names(cfg, family).items()}
 
 
-def _from_hf_state_dict(sd: dict[str, torch.Tensor], cfg: ModelConfig) -> dict[str, torch.Tensor]:
-    return {ours: sd[theirs] for ours, theirs in weight_names(cfg).items()}
+def ringworld_weights(sd: dict[str, torch.Tensor], cfg: ModelConfig, family: Family) -> dict[str, torch.Tensor]:
+    """The decoder's weights of an HF state dict of ``family``, under ringworld's names."""
+    return {ours: sd[theirs] for ours, theirs in weight_names(cfg, family).items()}

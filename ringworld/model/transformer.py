@@ -4,6 +4,10 @@ RMSNorm, rotary positions (configurable theta, for context growth), grouped-quer
 SwiGLU, optional QK-norm (Chameleon's fix for unstable mixed-modal training) and tied or untied
 embeddings. A plain ``nn.Module``: parallelism is applied to it from ``ringworld.parallel``.
 
+Two options exist to hold public checkpoints exactly (``ringworld.model.hf``): ``qk_norm_per_head``
+is Chameleon's QK-norm (a LayerNorm with each head's own gain and bias), and ``post_norm`` is
+Chameleon-30B's norm placement (each block's norms on its branches' outputs: ``x + norm(f(x))``).
+
     logits = Transformer(cfg)(ids, segment_ids=seg, positions=pos)   # (B, T) -> (B, T, vocab)
 
 For generation a ``KVCache`` holds every layer's keys and values; a forward given one writes its
@@ -34,6 +38,8 @@ class ModelConfig:
     max_seq_len: int = 1024  # the context trained for; RoPE itself has no length limit
     norm_eps: float = 1e-5
     qk_norm: bool = True
+    qk_norm_per_head: bool = False  # QK-norm as Chameleon's LayerNorm, a gain and bias per head; else a shared RMSNorm
+    post_norm: bool = False  # norm each branch's output, x + norm(f(x)) (Chameleon's swin_norm); else its input
     tie_embeddings: bool = False
     init_std: float = 0.02
 
@@ -49,6 +55,8 @@ class ModelConfig:
             problems.append("vocab_size, dim, n_layers, ffn_dim and max_seq_len must be positive")
         if self.rope_theta <= 0:
             problems.append(f"rope_theta must be positive (got {self.rope_theta})")
+        if self.qk_norm_per_head and not self.qk_norm:
+            problems.append("qk_norm_per_head is a form of QK-norm: set qk_norm too")
         if problems:
             raise ValueError("bad model config: " + "; ".join(problems))
 
@@ -93,10 +101,18 @@ class ModelConfig:
         kv = self.n_kv_heads * self.head_dim
         attn = self.dim * (self.dim + 2 * kv) + self.dim * self.dim
         mlp = 3 * self.dim * self.ffn_dim
-        block = attn + mlp + 2 * self.dim + (2 * self.head_dim if self.qk_norm else 0)
+        block = attn + mlp + 2 * self.dim + self.qk_norm_params()
         head = 0 if self.tie_embeddings else self.vocab_size * self.dim
         total = self.n_layers * block + self.dim + head
         return total + self.vocab_size * self.dim if embedding else total
+
+    def qk_norm_params(self) -> int:
+        """Weights of one block's QK-norms: two shared gains, or a gain and bias per query and K/V head."""
+        if not self.qk_norm:
+            return 0
+        if self.qk_norm_per_head:
+            return 2 * (self.n_heads + self.n_kv_heads) * self.head_dim
+        return 2 * self.head_dim
 
     def flops_per_token(self, seq_len: int) -> float:
         """Training FLOPs per token (forward + backward) at causal context ``seq_len``.
@@ -217,6 +233,31 @@ class KVCache:
 
 
 # blocks -------------------------------------------------------------------------------------
+class HeadLayerNorm(nn.Module):
+    """LayerNorm over each head's features with that head's own gain and bias (Chameleon's QK-norm):
+    (..., H, hd) -> (..., H, hd)."""
+
+    def __init__(self, n_heads: int, head_dim: int, eps: float) -> None:
+        super().__init__()
+        self.eps = eps
+        self.weight = nn.Parameter(torch.ones(n_heads, head_dim))
+        self.bias = nn.Parameter(torch.zeros(n_heads, head_dim))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return F.layer_norm(x, x.shape[-1:], eps=self.eps) * self.weight + self.bias
+
+
+def qk_norms(cfg: ModelConfig) -> tuple[nn.Module | None, nn.Module | None]:
+    """The norms of one block's queries and keys, as ``cfg`` asks for them (None, None: no QK-norm)."""
+    if not cfg.qk_norm:
+        return None, None
+    if cfg.qk_norm_per_head:
+        return HeadLayerNorm(cfg.n_heads, cfg.head_dim, cfg.norm_eps), HeadLayerNorm(
+            cfg.n_kv_heads, cfg.head_dim, cfg.norm_eps
+        )
+    return nn.RMSNorm(cfg.head_dim, eps=cfg.norm_eps), nn.RMSNorm(cfg.head_dim, eps=cfg.norm_eps)
+
+
 class Attention(nn.Module):
     def __init__(self, cfg: ModelConfig) -> None:
         super().__init__()
@@ -226,8 +267,7 @@ class Attention(nn.Module):
         self.wk = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=False)
         self.wv = nn.Linear(cfg.dim, cfg.n_kv_heads * cfg.head_dim, bias=False)
         self.wo = nn.Linear(cfg.n_heads * cfg.head_dim, cfg.dim, bias=False)
-        self.q_norm = nn.RMSNorm(cfg.head_dim, eps=cfg.norm_eps) if cfg.qk_norm else None
-        self.k_norm = nn.RMSNorm(cfg.head_dim, eps=cfg.norm_eps) if cfg.qk_norm else None
+        self.q_norm, self.k_norm = qk_norms(cfg)
 
     def forward(
         self,
@@ -275,6 +315,7 @@ class Block(nn.Module):
         self.attn = Attention(cfg)
         self.mlp_norm = nn.RMSNorm(cfg.dim, eps=cfg.norm_eps)
         self.mlp = MLP(cfg)
+        self.post_norm = cfg.post_norm
 
     def forward(
         self,
@@ -284,6 +325,9 @@ class Block(nn.Module):
         mask: Mask | None,
         cache: LayerCache | None = None,
     ) -> torch.Tensor:
+        if self.post_norm:
+            x = x + self.attn_norm(self.attn(x, cos, sin, mask, cache))
+            return x + self.mlp_norm(self.mlp(x))
         x = x + self.attn(self.attn_norm(x), cos, sin, mask, cache)
         return x + self.mlp(self.mlp_norm(x))
 
@@ -309,8 +353,10 @@ class Transformer(nn.Module):
         for module in self.modules():
             if isinstance(module, nn.Linear | nn.Embedding):
                 nn.init.normal_(module.weight, std=std)
-            elif isinstance(module, nn.RMSNorm):
+            elif isinstance(module, nn.RMSNorm | HeadLayerNorm):
                 nn.init.ones_(module.weight)
+                if isinstance(module, HeadLayerNorm):
+                    nn.init.zeros_(module.bias)
         for block in self.layers:
             for out in (block.attn.wo, block.mlp.w_down):
                 nn.init.normal_(out.weight, std=std / math.sqrt(2 * self.cfg.n_layers))

@@ -20,8 +20,9 @@ import json
 import os
 import shutil
 import warnings
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -34,7 +35,7 @@ from torch.distributed.checkpoint.state_dict import (
     set_optimizer_state_dict,
 )
 
-from ringworld.io import atomic_write_text
+from ringworld.io import atomic_directory, atomic_write_text
 from ringworld.model.transformer import ModelConfig, Transformer, stored_weights
 from ringworld.parallel.mesh import Distributed, set_full_weights
 
@@ -130,6 +131,25 @@ def save_checkpoint(
     return final
 
 
+def save_model_checkpoint(
+    run: Path, step: int, model: Transformer, config: dict, write_tokenizer: Callable[[Path], None]
+) -> Path:
+    """Write checkpoint ``step`` of ``run`` holding weights alone, no optimizer state: a model made
+    elsewhere (``ringworld import hf``). ``load_model`` reads it and ``--init-from`` trains from it.
+    ``write_tokenizer(dir)`` fills its tokenizer directory. Atomic: a crash leaves no half checkpoint."""
+    ckpts = run / CHECKPOINTS
+    name = checkpoint_name(step)
+    with atomic_directory(ckpts / name) as tmp:
+        weights = stored_weights(model.cfg, model.state_dict())
+        save_file({k: v.contiguous() for k, v in weights.items()}, tmp / WEIGHTS, metadata={"format": FORMAT})
+        (tmp / "config.json").write_text(json.dumps({"format": FORMAT, **config}, indent=2) + "\n")
+        (tmp / "tokenizer").mkdir()
+        write_tokenizer(tmp / "tokenizer")
+        _fsync_tree(tmp)
+    atomic_write_text(ckpts / LATEST, name + "\n")
+    return ckpts / name
+
+
 def _fsync_tree(root: Path) -> None:
     for path in [*root.rglob("*"), root]:
         fd = os.open(path, os.O_RDONLY)
@@ -189,13 +209,18 @@ def _read_weights(path: Path) -> dict[str, torch.Tensor]:
         ) from None
 
 
-SHAPE_KEYS = ("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "ffn_dim", "qk_norm", "tie_embeddings")
+# what the weights are and mean: a resumed run keeps these
+ARCHITECTURE_KEYS = (
+    *("vocab_size", "dim", "n_layers", "n_heads", "n_kv_heads", "ffn_dim", "tie_embeddings"),
+    *("qk_norm", "qk_norm_per_head", "post_norm"),
+)
 
 
 def check_same_shape(checkpoint: Path, cfg: ModelConfig) -> None:
-    """A resumed run may change RoPE theta or context length (context growth), not the weights' shapes."""
-    saved = read_config(checkpoint)["model"]
-    changed = {k: (saved.get(k), getattr(cfg, k)) for k in SHAPE_KEYS if saved.get(k) != getattr(cfg, k)}
+    """A resumed run may change RoPE theta or context length (context growth), not the weights' shapes
+    or what they mean (a key an older checkpoint lacks has its default)."""
+    saved = asdict(ModelConfig.from_dict(read_config(checkpoint)["model"]))
+    changed = {k: (saved[k], getattr(cfg, k)) for k in ARCHITECTURE_KEYS if saved[k] != getattr(cfg, k)}
     if changed:
         detail = ", ".join(f"{k} {old} -> {new}" for k, (old, new) in changed.items())
         raise ValueError(f"{checkpoint} holds a model of another shape ({detail}); resume with its settings")
