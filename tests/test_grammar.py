@@ -63,7 +63,7 @@ def test_allowed_ids_and_states_follow_the_rules_row_by_row(codec):
     reference's, and ``start`` on a prompt (which reads it from its last opened span, or its last token) leaves the
     state that advancing through every token of it leaves."""
     v, sp = codec.vocab, codec.vocab.special
-    g, stepped = SpanGrammar(codec), SpanGrammar(codec)
+    g, stepped = SpanGrammar(codec.layout), SpanGrammar(codec.layout)
     gen = torch.Generator().manual_seed(0)
     spans = ["<|image|>", "<|/image|>", "<|video|>", "<|/video|>", "<|eol|>", "<|eof|>", "<|pad|>", "<|bos|>"]
     cells = list(v.cell_ids)[::5]

@@ -16,8 +16,12 @@ pytest.importorskip("transformers", reason="HF transformers builds the reference
 import hf_models  # noqa: E402
 
 from ringworld.cli import main  # noqa: E402
+from ringworld.documents import Image, Text  # noqa: E402
+from ringworld.infer.grammar import SpanGrammar  # noqa: E402
+from ringworld.infer.imported import load_imported  # noqa: E402
 from ringworld.model.hf import from_hf, model_config  # noqa: E402
 from ringworld.model.transformer import Transformer  # noqa: E402
+from ringworld.tokens.family import FamilyCodec  # noqa: E402
 from ringworld.tokens.hf_vision import HFVision  # noqa: E402
 from ringworld.train.checkpoint import check_same_shape, load_model  # noqa: E402
 from ringworld.train.config import TrainConfig  # noqa: E402
@@ -91,7 +95,7 @@ def test_each_chameleon_option_is_what_makes_it_match(option: str) -> None:
 
 def test_config_reads_each_family() -> None:
     emu3 = model_config(hf_models.emu3(tie=True).config)
-    assert (emu3.qk_norm, emu3.tie_embeddings, emu3.rope_theta, emu3.max_seq_len) == (False, True, 1e6, 256)
+    assert (emu3.qk_norm, emu3.tie_embeddings, emu3.rope_theta, emu3.max_seq_len) == (False, True, 1e6, 512)
     cham = model_config(hf_models.chameleon(swin_norm=True).config)
     assert (cham.qk_norm, cham.qk_norm_per_head, cham.post_norm) == (True, True, True)
     assert model_config(hf_models.llama(theta=1e7).config).rope_theta == 1e7
@@ -172,9 +176,9 @@ def imported(tmp_path_factory):
     from ringworld.jobs.hf import import_hf
 
     out = {}
-    for family in ("emu3", "chameleon"):
+    for family in ("emu3", "chameleon", "llama"):
         root = tmp_path_factory.mktemp(family)
-        hf = FAMILIES[family]()
+        hf = FAMILIES["llama-lwm" if family == "llama" else family]()
         out[family] = hf, import_hf(hf_models.save(hf, root / "hf"), root / "run")
     return out
 
@@ -267,3 +271,147 @@ def test_training_from_an_import_keeps_its_norms(imported, tmp_path) -> None:
         del config["model"][key]
     (old / "config.json").write_text(json.dumps(config))
     check_same_shape(old, dataclasses.replace(cfg, qk_norm_per_head=False))
+
+
+@pytest.mark.parametrize("family", ["emu3", "chameleon"])
+def test_the_codec_writes_what_the_family_processor_writes(family: str, imported) -> None:
+    """Text and an image, encoded by ringworld, are the ids transformers' processor writes with each image
+    placeholder replaced by the model's own image tokens; and they decode back."""
+    import transformers
+
+    hf, checkpoint = imported[family]
+    codec = FamilyCodec.load(checkpoint / "tokenizer" / "hf")
+    image = frames(1)[0]
+    tokenizer = transformers.AutoTokenizer.from_pretrained(checkpoint / "tokenizer" / "hf")
+    processor = hf_models.family_processor(family, tokenizer)
+    options = {"return_for_text_completion": True} if family == "chameleon" else {}
+    made = processor(text=["say <image> hi"], images=[image], return_tensors="pt", **options)
+    theirs = made.input_ids[0].clone()
+    if family == "emu3":
+        tokens = hf.model.get_image_tokens(made.pixel_values, made.image_sizes)
+    else:
+        tokens = hf.model.get_image_tokens(made.pixel_values).flatten()
+    theirs[theirs == hf.model.vocabulary_mapping.image_token_id] = tokens.long()
+    ours = codec.encode([Text("say "), Image(pixels=image), Text(" hi")])
+    assert torch.equal(torch.from_numpy(ours), theirs)
+    text, picture, more = codec.decode(ours[1:])
+    assert (text.text, more.text) == ("say ", " hi")
+    assert np.array_equal(picture.codes, codec.vision.encode(image[None])[0])
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("family", ["emu3", "chameleon", "llama"])
+def test_greedy_text_is_token_identical_to_transformers(family: str, imported) -> None:
+    """Free text after a prompt (with an image where the family reads them): Chameleon's engine, like
+    transformers, never picks an image code."""
+    hf, checkpoint = imported[family]
+    im = load_imported(checkpoint, "cpu")
+    doc = [Text("say hi")] if family == "llama" else [Text("say "), Image(pixels=frames(1)[0]), Text(" hi")]
+    prompt = im.codec.encode(doc)
+    stop = hf_models.TEXT - 1  # an id (<unused>) neither stops at soon: 16 tokens each, past any end of text
+    ours = im.engine.generate([prompt], max_new_tokens=16, stop=[stop], constrained=False).tokens[0]
+    prompts = torch.from_numpy(prompt)[None]
+    theirs = hf.generate(prompts, do_sample=False, max_new_tokens=16, eos_token_id=stop)[0, len(prompt) :]
+    assert ours.tolist() == theirs.tolist() and len(ours) == 16
+    if family == "chameleon":
+        assert not np.isin(ours, im.codec.layout.code_ids).any()
+
+
+@pytest.mark.slow
+def test_an_emu3_image_span_follows_its_layout_as_constrained_transformers_does(imported) -> None:
+    """The grammar of Emu3's layout against transformers' generate under a constraint written out here: rows
+    of codes each ended by <|extra_200|>, then <|extra_201|> and <|image end|>."""
+    hf, checkpoint = imported["emu3"]
+    im = load_imported(checkpoint, "cpu")
+    layout = im.codec.layout
+    h, w = layout.grid
+    prompt = np.concatenate([im.codec.encode([Text("a cat")]), layout.image_open])
+    new = layout.body_length + len(layout.image_close)
+    ours = im.engine.generate([prompt], max_new_tokens=new).tokens[0]
+
+    def allowed(_, ids: torch.Tensor) -> list[int]:
+        k = len(ids) - len(prompt)
+        if k >= h * (w + 1):
+            return [layout.image_close[k - h * (w + 1)]]
+        return [layout.row_end] if k % (w + 1) == w else layout.code_ids.tolist()
+
+    theirs = hf.generate(
+        torch.from_numpy(prompt)[None], do_sample=False, max_new_tokens=new, prefix_allowed_tokens_fn=allowed
+    )[0, len(prompt) :]
+    assert ours.tolist() == theirs.tolist()
+    (image,) = im.codec.decode(np.concatenate([layout.image_open, ours]))
+    assert image.codes.shape == (h, w)
+
+
+@pytest.mark.parametrize("family", ["emu3", "chameleon"])
+def test_the_grammar_follows_each_family_layout(family: str, imported) -> None:
+    """Written out by hand: once an image's first id is written its other opening ids are forced, then rows
+    of codes (Emu3's each ended by <|extra_200|>), then its closing ids; outside it no code."""
+    _, checkpoint = imported[family]
+    layout = FamilyCodec.load(checkpoint / "tokenizer" / "hf").layout
+    grammar = SpanGrammar(layout)
+    codes = torch.zeros(layout.vocab_size, dtype=torch.bool)
+    codes[torch.from_numpy(layout.code_ids)] = True
+    grammar.start(torch.tensor([[layout.bos]]), torch.zeros(1, dtype=torch.long), torch.zeros(1, 0, dtype=torch.long))
+    free = grammar.allowed()[0]
+    assert free[layout.image_open[0]] and not (free & codes).any() and not free[layout.pad]
+
+    def expect(allowed: torch.Tensor, then: int) -> None:
+        assert torch.equal(grammar.allowed()[0], allowed)
+        grammar.advance(torch.tensor([then]))
+
+    def only(token: int) -> torch.Tensor:
+        return torch.arange(layout.vocab_size) == token
+
+    grammar.advance(torch.tensor([layout.image_open[0]]))
+    for token in layout.image_open[1:]:
+        expect(only(token), token)
+    h, w = layout.grid
+    for row in range(h):
+        for col in range(w):
+            expect(codes, int(layout.code_ids[(row + col) % len(layout.code_ids)]))
+        if layout.row_end is not None:
+            expect(only(layout.row_end), layout.row_end)
+    for token in layout.image_close:
+        expect(only(token), token)
+    assert torch.equal(grammar.allowed()[0], free)
+
+
+@pytest.mark.slow
+def test_the_commands_work_on_imported_runs(imported, tmp_path, capsys) -> None:
+    """`generate image` draws with Emu3 and is refused with Chameleon's reason; `caption` and `ask` answer
+    with both; video commands say the families write none."""
+    from ringworld.infer.imported import reply
+    from ringworld.media import read_image, write_image
+
+    emu3, chameleon = (str(imported[f][1]) for f in ("emu3", "chameleon"))
+    out = tmp_path / "drawn.png"
+    assert main(["generate", "image", "a cat", "--checkpoint", emu3, "--out", str(out), "--scale", "1"]) == 0
+    assert read_image(out).shape == (hf_models.FRAME, hf_models.FRAME, 3)
+    assert main(["generate", "image", "a cat", "--checkpoint", chameleon, "--out", str(out)]) == 2
+    assert "chameleon cannot draw: its VQ decoder was never released" in capsys.readouterr().err
+
+    picture = tmp_path / "in.png"
+    write_image(picture, frames(1)[0])
+    capsys.readouterr()
+    for run in (emu3, chameleon):
+        assert main(["ask", str(picture), "what is it?", "--checkpoint", run]) == 0
+        said = capsys.readouterr().out.strip()
+        assert said == reply(load_imported(run, "cpu"), [read_image(picture)], ["what is it?"])[0]
+        assert main(["caption", str(picture), "--checkpoint", run]) == 0
+        capsys.readouterr()
+    assert main(["generate", "video", "a cat", "--checkpoint", emu3, "--out", str(tmp_path / "v.gif")]) == 2
+    assert "emu3 models write no video" in capsys.readouterr().err
+
+
+def test_reply_is_transformers_greedy_answer(imported) -> None:
+    """An answer is the text of transformers' greedy continuation of the same prompt, up to its end id."""
+    from ringworld.infer.imported import chat, reply
+
+    hf, checkpoint = imported["chameleon"]
+    im = load_imported(checkpoint, "cpu")
+    image = frames(1)[0]
+    prompt = torch.from_numpy(im.codec.encode(chat(im, image, "what is it?")))[None]
+    theirs = hf.generate(prompt, do_sample=False, max_new_tokens=24)[0, prompt.shape[1] :]
+    words = im.codec.tokenizer.decode(theirs, skip_special_tokens=True).strip()
+    assert reply(im, [image], ["what is it?"], max_new_tokens=24) == [words]

@@ -1,4 +1,5 @@
-"""The model at work: `ringworld generate image | video`, `caption`, `predict` and `ask`."""
+"""The model at work: `ringworld generate image | video`, `caption`, `predict` and `ask`. A run imported
+from a public family (`ringworld import hf`) draws (Emu3), captions and answers in its own layout."""
 
 from __future__ import annotations
 
@@ -81,6 +82,24 @@ def add_parsers(commands) -> None:
     ask.set_defaults(run=_ask)
 
 
+CAPTION_QUESTION = "Describe the image."  # what an imported model is asked for a caption
+
+
+def _imported(args: argparse.Namespace):
+    """The imported model the --checkpoint holds, or None for a ringworld world model."""
+    from ringworld.train.checkpoint import read_config, resolve_checkpoint
+
+    if "hf" not in read_config(resolve_checkpoint(args.checkpoint)):
+        return None
+    from ringworld.infer.imported import load_imported
+
+    return load_imported(args.checkpoint, args.device)
+
+
+def _no_video(im) -> None:
+    raise ValueError(f"{im.family.name} models write no video: the public families draw images at most")
+
+
 def _read(path: Path, wm, max_frames: int | None = None):
     from ringworld.media import read_media
 
@@ -94,8 +113,13 @@ def _image(args: argparse.Namespace) -> None:
     from ringworld.infer.tasks import generate_images
     from ringworld.media import write_image
 
-    wm = load(args)
-    image = generate_images(wm, [args.prompt], guidance=args.guidance, sampling=sampling(args, drawn=True))[0]
+    drawn = sampling(args, drawn=True)
+    if (im := _imported(args)) is not None:
+        from ringworld.infer.imported import draw
+
+        image = draw(im, [args.prompt], guidance=args.guidance, sampling=drawn)[0]
+    else:
+        image = generate_images(load(args), [args.prompt], guidance=args.guidance, sampling=drawn)[0]
     write_image(args.out, image, scale=args.scale)
     print(f"wrote {args.out}")
 
@@ -104,6 +128,8 @@ def _video(args: argparse.Namespace) -> None:
     from ringworld.infer.tasks import generate_videos
     from ringworld.media import write_video
 
+    if (im := _imported(args)) is not None:
+        _no_video(im)
     wm = load(args)
     drawn = sampling(args, drawn=True)
     video = generate_videos(wm, [args.prompt], args.frames, guidance=args.guidance, sampling=drawn)[0]
@@ -114,6 +140,12 @@ def _video(args: argparse.Namespace) -> None:
 def _caption(args: argparse.Namespace) -> None:
     from ringworld.infer.tasks import caption_images
 
+    if (im := _imported(args)) is not None:
+        from ringworld.infer.imported import reply
+
+        frames = _read(args.image, im, max_frames=1)
+        print(reply(im, [frames if frames.ndim == 3 else frames[0]], [CAPTION_QUESTION])[0])
+        return
     wm = load(args)
     frames = _read(args.image, wm, max_frames=1)
     print(caption_images(wm, (frames if frames.ndim == 3 else frames[0])[None])[0])
@@ -125,6 +157,8 @@ def _predict(args: argparse.Namespace) -> None:
     from ringworld.infer.tasks import predict, rollout
     from ringworld.media import write_video
 
+    if (im := _imported(args)) is not None:
+        _no_video(im)
     wm = load(args)
     clip = _read(args.clip, wm)
     clip = clip[None] if clip.ndim == 3 else clip  # (T, H, W, 3)
@@ -144,6 +178,12 @@ def _predict(args: argparse.Namespace) -> None:
 def _ask(args: argparse.Namespace) -> None:
     from ringworld.infer.tasks import answer
 
+    if (im := _imported(args)) is not None:
+        from ringworld.infer.imported import reply
+
+        frames = _read(args.media, im, max_frames=1)  # a video: its first frame (the families read images)
+        print(reply(im, [frames if frames.ndim == 3 else frames[0]], [args.question])[0])
+        return
     wm = load(args)
     media = _read(args.media, wm, max_frames=wm.video_frames)
     print(answer(wm, [media], [args.question])[0])

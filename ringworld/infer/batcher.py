@@ -54,7 +54,7 @@ class Request:
     stop: tuple[int, ...] | None = None  # ids that end it (default <|eos|>); the last token is the stop id
     guidance: float = 1.0
     uncond_prompt: Sequence[int] | None = None  # guided against this prompt when guidance != 1
-    constrained: bool = True  # follow the codec's layout (SpanGrammar)
+    constrained: bool = True  # follow the token layout (SpanGrammar)
     video_frames: int = 0  # a generated video closes after this many frames (0: the model decides)
     video_actions: Sequence[int] = ()  # the action id forced after frame f's <|eof|> (-1: none)
     video_notes: bool = False  # say a note before each video frame drawn after the first
@@ -106,14 +106,14 @@ class Batcher:
     def __init__(
         self, engine: Engine, *, rows: int = 32, length: int | None = None, overlap_prefill: bool = False
     ) -> None:
-        self.engine, self.model, self.codec = engine, engine.model, engine.codec
+        self.engine, self.model = engine, engine.model
         self.length = length or self.model.cfg.max_seq_len
         self.rows = rows
         self.cache = KVCache.allocate(self.model.cfg, rows, self.length, device=engine.device, dtype=engine.dtype)
         self.at = torch.zeros(rows, dtype=torch.long, device=engine.device)  # (rows,) each row's next slot
         self.logits = torch.zeros(rows, self.model.cfg.vocab_size, device=engine.device)  # each row's next-token logits
-        self.grammar = SpanGrammar(self.codec, engine.device)  # one state per row
-        pad = self.codec.vocab.special("<|pad|>")
+        self.grammar = SpanGrammar(engine.layout, engine.device)  # one state per row
+        pad = self.engine.layout.pad
         none = torch.full((rows, 1), pad, device=engine.device)
         self.grammar.start(none, torch.zeros(rows, dtype=torch.long, device=engine.device), none[:, :0])
         self.free = list(range(rows))
@@ -127,7 +127,7 @@ class Batcher:
             else None
         )
         self.ids = itertools.count()
-        self.eos = self.codec.vocab.special("<|eos|>")
+        self.eos = self.engine.layout.eos
         self.peak = 0  # the most requests one forward has decoded together
         self._forward = decode_compile(self._forward_rows) if engine.compiled else self._forward_rows
         self._prompt_forward = prompt_compile(self._prompt_rows) if engine.compiled else self._prompt_rows
@@ -193,7 +193,7 @@ class Batcher:
         at growing widths; then more rows than ``GEMV_ROWS`` (the BLAS's graph)."""
         if not self.engine.compiled:
             return
-        bos = self.codec.vocab.special("<|bos|>")
+        bos = self.engine.layout.bos
         for a, b in ((9, 10), (2, 3)):
             for lengths in ([a], [b], [a, b]):
                 self.run([Request((bos,) * n, max_new_tokens=3, constrained=False, stop=()) for n in lengths])
@@ -248,7 +248,7 @@ class Batcher:
         device = self.engine.device
         lengths = torch.tensor([len(p) for p in prompts], device=device)
         R, L = len(prompts), int(lengths.max())
-        ids = torch.full((R, L), self.codec.vocab.special("<|pad|>"), dtype=torch.long)
+        ids = torch.full((R, L), self.engine.layout.pad, dtype=torch.long)
         for r, prompt in enumerate(prompts):
             ids[r, : len(prompt)] = torch.as_tensor(list(prompt))
         slots = torch.arange(L, device=device)
@@ -258,7 +258,7 @@ class Batcher:
         grammar = None
         if constrained:  # the grammar's state at the end of each prompt, in one pass for all
             width = max(len(r.prompt) for r in constrained)
-            padded = torch.full((len(constrained), width), self.codec.vocab.special("<|pad|>"), dtype=torch.long)
+            padded = torch.full((len(constrained), width), self.engine.layout.pad, dtype=torch.long)
             for i, r in enumerate(constrained):
                 padded[i, width - len(r.prompt) :] = torch.as_tensor(list(r.prompt))
             frames = torch.tensor([r.video_frames for r in constrained], device=device)
@@ -321,7 +321,7 @@ class Batcher:
         if sampled:
             samplings = [runs[i].request.sampling for i in sampled]
             tokens[sampled] = sample_rows(logits[sampled], samplings, [runs[i].generator for i in sampled])
-        fed = torch.full((len(self.at),), self.codec.vocab.special("<|pad|>"), device=device)
+        fed = torch.full((len(self.at),), self.engine.layout.pad, device=device)
         fed[cond] = tokens
         self.grammar.advance(fed)  # <|pad|> leaves the other rows as they are
         return tokens
@@ -352,7 +352,7 @@ class Batcher:
         self.peak = max(self.peak, len(self.running))
         device = self.engine.device
         rows_in_use = torch.tensor(rows, device=device)
-        tokens = torch.full((n,), self.codec.vocab.special("<|pad|>"), dtype=torch.long, device=device)
+        tokens = torch.full((n,), self.engine.layout.pad, dtype=torch.long, device=device)
         tokens[rows_in_use] = torch.tensor(fed, device=device)
         at = self.at[:n]  # (n,) each row's write slot; rows not in use write where nothing is read
         slot = torch.arange(int(at.max()) + 1, device=at.device)  # (width,) the slots anyone sees

@@ -33,6 +33,7 @@ from ringworld.infer.grammar import SpanGrammar
 from ringworld.infer.sampling import GREEDY, Sampling, guide, sample
 from ringworld.model.transformer import KVCache, Transformer
 from ringworld.tokens.codec import Codec
+from ringworld.tokens.family import FamilyCodec
 
 
 class Prefill(Protocol):
@@ -68,29 +69,31 @@ class Generation:
 
 
 class Engine:
-    """Generation with one model and its codec; ``compile=True`` compiles the one-token decode step
+    """Generation with one model and its codec (ringworld's, or a public family's: the engine reads its
+    ``layout``); ``compile=True`` compiles the one-token decode step
     (``infer/compiled.py``: 6x HF transformers at batch 1 on CPU, after 7-18 s of compiling, so
     worth it where many tokens follow: ``ringworld serve`` turns it on)."""
 
     def __init__(
         self,
         model: Transformer,
-        codec: Codec,
+        codec: Codec | FamilyCodec,
         *,
         compile: bool = False,
         prefill: Prefill | None = None,
         logit_bias: torch.Tensor | None = None,
     ) -> None:
-        if model.cfg.vocab_size != codec.vocab.size:
+        layout = codec.layout
+        if model.cfg.vocab_size != layout.vocab_size:
             raise ValueError(
                 f"the model's vocabulary has {model.cfg.vocab_size} ids but the tokenizer's has "
-                f"{codec.vocab.size}; load the tokenizer saved with the checkpoint"
+                f"{layout.vocab_size}; load the tokenizer saved with the checkpoint"
             )
-        self.model, self.codec = model.eval(), codec
+        self.model, self.codec, self.layout = model.eval(), codec, layout
         self.device = next(model.parameters()).device
         self.dtype = next(model.parameters()).dtype
-        self.grammar = SpanGrammar(codec, self.device)
-        self.pad = codec.vocab.special("<|pad|>")
+        self.grammar = SpanGrammar(layout, self.device)
+        self.pad = layout.pad
         # (V,) added to every step's logits: what undoes a training loss weight (``background_logit_bias``)
         self.logit_bias = None if logit_bias is None else logit_bias.to(self.device, torch.float32)
         self.compiled = compile
@@ -154,9 +157,7 @@ class Engine:
         rows = [self.check_prompt(p, i) for i, p in enumerate(prompts)]
         if guided:
             rows += [self.check_prompt(p, i) for i, p in enumerate(uncond_prompts)]  # type: ignore[arg-type]
-        stop_ids = torch.tensor(
-            list(stop) if stop is not None else [self.codec.vocab.special("<|eos|>")], device=self.device
-        )
+        stop_ids = torch.tensor(list(stop) if stop is not None else [self.layout.eos], device=self.device)
         length = max(map(len, rows))
         multiple = self.prefill.row_multiple
         length = -(-length // multiple) * multiple
@@ -236,9 +237,9 @@ class Engine:
         row = [int(x) for x in prompt]
         if not row:
             raise ValueError(f"prompt {i} is empty; every prompt starts with <|bos|> at least")
-        bad = [x for x in row if not 0 <= x < self.codec.vocab.size]
+        bad = [x for x in row if not 0 <= x < self.layout.vocab_size]
         if bad:
-            raise ValueError(f"prompt {i} holds {self.codec.vocab.describe(bad[0])}")
+            raise ValueError(f"prompt {i} holds id {bad[0]}, outside the vocabulary of {self.layout.vocab_size} ids")
         return row
 
 

@@ -1,7 +1,10 @@
-"""Constrained decoding: which ids may come next in each row, following the codec's token layout.
+"""Constrained decoding: which ids may come next in each row, following a token layout
+(``ringworld.tokens.layout``: ringworld's own, or a public family's).
 
-Inside an image or video only visual codes are allowed, ``<|eol|>`` and ``<|eof|>`` are forced at
-their places, actions can be forced between frames, and a span is closed at its length, so every
+An image's opening ids are forced once its first is written; inside an image or video only visual
+codes are allowed, row ends (``<|eol|>``) and ``<|eof|>`` are forced at their places, an image's
+closing ids after its last row; outside a span no code is written (transformers' Chameleon masks
+its codes alike); actions can be forced between frames, and a span is closed at its length, so every
 constrained span decodes. A video frame written as its changes (``Codec.delta_frames``) takes
 cells after the last one it named, each followed by one code, until the model ends it with
 ``<|eof|>``. Rows asked for notes (``video_notes``) say one before each video frame they draw
@@ -14,48 +17,54 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
-from ringworld.tokens.codec import Codec
+from ringworld.tokens.layout import TokenLayout, VideoLayout
 
-FREE, IMAGE, VIDEO = 0, 1, 2
+FREE, IMAGE, VIDEO, OPENING = 0, 1, 2, 3  # OPENING: inside an image's opening ids, after the first
+NONE = -1  # an id a layout does not have: no token equals it
 
 
 class SpanGrammar:
-    """Which ids may come next, for a batch of rows, following the codec's layout.
+    """Which ids may come next, for a batch of rows, following ``layout``.
 
-    State per row: the span it is in (free text, image, video), the position inside the current
-    frame body (rows of codes, each closed by ``<|eol|>``; in a frame of changes, one past the
-    last cell named), the frames finished in the video,
-    the last token, and whether the row has stopped. ``allowed()`` gives a (B, V) mask; forced
-    tokens are masks with one id.
+    State per row: the span it is in (free text, image, video, an image's opening), the position
+    inside it (in a frame body, rows of codes each closed by its row end; in a frame of changes, one
+    past the last cell named; past an image's body, its closing ids written), the frames finished in
+    the video, the last token, and whether the row has stopped. ``allowed()`` gives a (B, V) mask;
+    forced tokens are masks with one id.
     """
 
-    def __init__(self, codec: Codec, device: torch.device | str = "cpu") -> None:
-        v, sp = codec.vocab, codec.vocab.special
-        self.row, self.body = codec.row_length, codec.frame_length  # tokens in a row, in a frame body
-        self.vocab_size = v.size
-        self.eol, self.eof, self.pad = sp("<|eol|>"), sp("<|eof|>"), sp("<|pad|>")
-        self.open_image, self.close_image = sp("<|image|>"), sp("<|/image|>")
-        self.open_video, self.close_video = sp("<|video|>"), sp("<|/video|>")
-        self.code_lo, self.code_hi = v.code_ids.start, v.code_ids.stop
-        self.text_hi, self.action_lo, self.action_hi = v.text_ids.stop, v.action_ids.start, v.action_ids.stop
-        self.cell_lo, self.cell_hi = v.cell_ids.start, v.cell_ids.stop
-        self.delta = codec.delta_frames
+    def __init__(self, layout: TokenLayout, device: torch.device | str = "cpu") -> None:
+        size = layout.vocab_size
+        self.row, self.body = layout.row_length, layout.body_length  # tokens in a row, in a frame body
+        self.vocab_size = size
         self.device = torch.device(device)
+        video = layout.video or VideoLayout(NONE, NONE, NONE, range(0), range(0), range(0))
+        self.eol = NONE if layout.row_end is None else layout.row_end
+        self.eof, self.pad = video.eof, layout.pad
+        image_open, image_close = layout.image_open or (NONE,), layout.image_close or (NONE,)  # NONE: no images
+        self.open_image, self.close_image = image_open[0], image_close[-1]
+        self.image_open = torch.tensor(image_open, device=self.device)  # forced after its first id
+        self.image_close = torch.tensor(image_close, device=self.device)  # forced after the body
+        self.open_video, self.close_video = video.open, video.close
+        self.text_hi = video.text_ids.stop
+        self.action_lo, self.action_hi = video.action_ids.start, video.action_ids.stop
+        self.cell_lo, self.cell_hi = video.cell_ids.start, video.cell_ids.stop
+        self.delta = len(video.cell_ids) > 0
 
         def mask(ids) -> torch.Tensor:
-            m = torch.zeros(v.size, dtype=torch.bool, device=self.device)
-            m[torch.as_tensor(list(ids), dtype=torch.long, device=self.device)] = True
+            m = torch.zeros(size, dtype=torch.bool, device=self.device)
+            m[torch.as_tensor([int(i) for i in ids if i != NONE], dtype=torch.long, device=self.device)] = True
             return m
 
-        self.codes = mask(v.code_ids)
-        self.text = mask(v.text_ids)
-        self.actions = mask(v.action_ids)
-        self.cell_of_id = torch.arange(v.size, device=self.device) - self.cell_lo  # (V,) the cell an id names
-        self.cells = (self.cell_of_id >= 0) & (self.cell_of_id < v.num_cells)
-        in_span_only = [*v.code_ids, *v.cell_ids, self.eol, self.eof, self.close_image, self.close_video]
-        self.free = ~mask([*in_span_only, self.pad, sp("<|bos|>")])
-        self.only = {tok: mask([tok]) for tok in (self.eol, self.eof, self.pad, self.close_image, self.close_video)}
-        self.by_span = torch.stack([self.free, self.codes])  # (2, V): outside a span, inside one
+        self.codes = mask(layout.code_ids)
+        self.text = mask(video.text_ids)
+        self.actions = mask(video.action_ids)
+        self.cell_of_id = torch.arange(size, device=self.device) - self.cell_lo  # (V,) the cell an id names
+        self.cells = (self.cell_of_id >= 0) & (self.cell_of_id < len(video.cell_ids))
+        in_span_only = [*layout.code_ids, *video.cell_ids, self.eol, self.eof, *layout.image_close, self.close_video]
+        self.free = ~mask([*in_span_only, self.pad, *layout.hidden])
+        self.only = {tok: mask([tok]) for tok in (self.eol, self.eof, self.pad, self.close_video)}  # NONE: nothing
+        self.by_span = torch.stack([self.free, self.codes, self.codes, self.codes])  # (4, V) by span; OPENING forced
 
     def start(
         self,
@@ -117,22 +126,34 @@ class SpanGrammar:
     def advance(self, tokens: torch.Tensor) -> None:
         """Move every row's state past ``tokens`` (B,); <|pad|> leaves a state as it is."""
         real = tokens != self.pad
-        in_span = self.span != FREE
+        in_span = (self.span == IMAGE) | (self.span == VIDEO)
         changes = self.in_changes()
-        body = in_span & ~changes & (((tokens >= self.code_lo) & (tokens < self.code_hi)) | (tokens == self.eol))
+        body = in_span & ~changes & (self.codes[tokens] | (tokens == self.eol))
         self.pos = torch.where(body, self.pos + 1, self.pos)
         cell = changes & (tokens >= self.cell_lo) & (tokens < self.cell_hi)
         self.pos = torch.where(cell, tokens - self.cell_lo + 1, self.pos)
         eof = in_span & (tokens == self.eof)
         self.frames = torch.where(eof, self.frames + 1, self.frames)
         self.pos = torch.where(eof, 0, self.pos)
+        if len(self.image_close) > 1:  # the closing ids before the last: counted past the body
+            closing = (self.span == IMAGE) & (self.pos >= self.body) & torch.isin(tokens, self.image_close)
+            self.pos = torch.where(closing, self.pos + 1, self.pos)
+        if len(self.image_open) > 1:  # the opening ids after the first: the image begins after the last
+            opening = self.span == OPENING
+            self.pos = torch.where(opening, self.pos + 1, self.pos)
+            begun = opening & (self.pos == len(self.image_open))
+            self.span = torch.where(begun, IMAGE, self.span)
+            self.pos = torch.where(begun, 0, self.pos)
         opened = (tokens == self.open_image) | (tokens == self.open_video)
         closed = (tokens == self.close_image) | (tokens == self.close_video)
-        self.span = torch.where(tokens == self.open_image, IMAGE, self.span)
+        opens_to = IMAGE if len(self.image_open) == 1 else OPENING
+        self.span = torch.where(tokens == self.open_image, opens_to, self.span)
         self.span = torch.where(tokens == self.open_video, VIDEO, self.span)
         self.span = torch.where(closed, FREE, self.span)
         reset = opened | closed
         self.pos = torch.where(reset, 0, self.pos)
+        if opens_to == OPENING:
+            self.pos = torch.where(tokens == self.open_image, 1, self.pos)  # its first opening id is written
         self.frames = torch.where(reset, 0, self.frames)
         self.prev = torch.where(real, tokens, self.prev)
 
@@ -147,8 +168,8 @@ class SpanGrammar:
         """(B, V) bool: the ids each row may take next. Worked out per row on (B,) tensors, so that
         only a few ops touch the (B, V) mask, a few more with frames written as changes (a ``where`` over
         it costs ~10x an ``&``)."""
-        in_span = self.span != FREE
-        out = self.by_span[in_span.long()]  # (B, V): visual codes inside a span, free text outside
+        in_span = (self.span == IMAGE) | (self.span == VIDEO)
+        out = self.by_span[self.span]  # (B, V): visual codes inside a span, free text outside
         changes = self.in_changes()
         if self.delta:  # a later cell or <|eof|>; right after a cell, its code
             after_cell = changes & (self.prev >= self.cell_lo) & (self.prev < self.cell_hi)
@@ -176,9 +197,16 @@ class SpanGrammar:
         out = out | (open_end[:, None] & self.only[self.close_video])
         last = between & (self.video_frames > 0) & (self.frames >= self.video_frames)
         eol = in_span & ~changes & (self.pos < self.body) & (self.pos % self.row == self.row - 1)
+        close = self.close_image
+        if len(self.image_close) > 1:  # the closing id due, by how many are written
+            close = self.image_close[(self.pos - self.body).clamp(0, len(self.image_close) - 1)]
+        opening = []
+        if len(self.image_open) > 1:  # the opening id due, by how many are written
+            opening = [(self.span == OPENING, self.image_open[self.pos.clamp(0, len(self.image_open) - 1)])]
         rules = (  # the one id a row must take, the last rule that holds winning
-            (eol, self.eol),
-            ((self.span == IMAGE) & (self.pos == self.body), self.close_image),
+            *([(eol, self.eol)] if self.eol != NONE else []),
+            *opening,
+            ((self.span == IMAGE) & (self.pos >= self.body), close),
             ((self.span == VIDEO) & ~changes & (self.pos == self.body), self.eof),
             (last, self.close_video),
             (self.done, self.pad),

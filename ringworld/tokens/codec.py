@@ -35,6 +35,7 @@ from typing import Protocol
 import numpy as np
 
 from ringworld.documents import Action, Document, Image, Segment, Text, Video
+from ringworld.tokens.layout import TokenLayout, VideoLayout
 from ringworld.tokens.parse import Parser
 from ringworld.tokens.text import TextTokenizer
 from ringworld.tokens.vocab import SPECIAL_TOKENS, Vocab
@@ -100,6 +101,22 @@ class Codec:
         self._cs = vocab.code_ids.start
         self._sp = {name: vocab.special(name) for name in SPECIAL_TOKENS}
         self._action_ids = np.array(vocab.action_ids, dtype=np.int64)
+        sp = self._sp
+        self.layout = TokenLayout(  # what generation reads of this vocabulary (ringworld.infer)
+            vocab_size=vocab.size,
+            bos=sp["<|bos|>"],
+            eos=sp["<|eos|>"],
+            pad=sp["<|pad|>"],
+            grid=(h, w),
+            code_ids=np.arange(vocab.code_ids.start, vocab.code_ids.stop),
+            image_open=(sp["<|image|>"],),
+            row_end=sp["<|eol|>"],
+            image_close=(sp["<|/image|>"],),
+            video=VideoLayout(
+                sp["<|video|>"], sp["<|/video|>"], sp["<|eof|>"], vocab.action_ids, vocab.cell_ids, vocab.text_ids
+            ),
+            hidden=(sp["<|bos|>"],),
+        )
 
     @classmethod
     def build(cls, text: TextTokenizer, vision: VisionLike, *, delta_frames: bool = True) -> Codec:

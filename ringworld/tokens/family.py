@@ -1,0 +1,131 @@
+"""A public family's folder as a codec: its token layout (``ringworld.tokens.layout``), read from its
+config's vocabulary map and its tokenizer, and ``FamilyCodec``, documents <-> ids in that layout.
+
+    layout = family_layout(checkpoint / "tokenizer" / "hf", grid=(64, 64))
+
+transformers' own vocabulary mappings (``Emu3ImageVocabularyMapping``, ``ChameleonImageVocabularyMapping``)
+say which id stands for which code; Emu3's processor says how an image is written (its start token, the
+size as text, ``<|image token|>``, rows ended by ``<|extra_200|>``, then ``<|extra_201|>`` and its end);
+Chameleon's writes ``<racm3:break>``, the codes, ``<eoss>``.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from ringworld.documents import Document, Image, Text
+from ringworld.extras import transformers_module
+from ringworld.families import family_named
+from ringworld.tokens.hf_vision import HFVision
+from ringworld.tokens.layout import TokenLayout
+
+
+def family_layout(hf_dir: str | Path, grid: tuple[int, int] = (0, 0)) -> TokenLayout:
+    """The layout of the family whose folder (config.json, tokenizer files) is ``hf_dir``, for images of
+    ``grid`` = (h, w) codes (a family without a VQ tokenizer has no images, and needs no grid)."""
+    transformers = transformers_module()
+    config = transformers.AutoConfig.from_pretrained(hf_dir)
+    family = family_named(config.model_type)
+    text = config.get_text_config()
+    tokenizer = transformers.AutoTokenizer.from_pretrained(hf_dir)
+    # the id that pads a batch's rows: its own, else the tokenizer's, else its unknown-word id (Llama has no pad)
+    pad = next((i for i in (text.pad_token_id, tokenizer.pad_token_id, tokenizer.unk_token_id) if i is not None), None)
+    if pad is None or pad == text.eos_token_id:
+        raise ValueError(f"{hf_dir} names no padding id of its own (pad_token_id); set one in its config.json")
+    ids = dict(vocab_size=text.vocab_size, bos=text.bos_token_id, eos=text.eos_token_id, pad=pad)
+    ids["hidden"] = (text.bos_token_id,)
+    if family.vision is None:
+        empty = np.zeros(0, dtype=np.int64)
+        return TokenLayout(**ids, grid=(0, 0), code_ids=empty, image_open=(), row_end=None, image_close=())
+    vocab = config.vocabulary_map
+    h, w = grid
+    if family.name == "emu3":
+        from transformers.models.emu3.modeling_emu3 import Emu3ImageVocabularyMapping as Mapping
+
+        size = tokenizer.encode(f"{h}*{w}", add_special_tokens=False)
+        image_open = (vocab["<|image start|>"], *size, vocab["<|image token|>"])
+        row_end, image_close = vocab["<|extra_200|>"], (vocab["<|extra_201|>"], vocab["<|image end|>"])
+    else:
+        from transformers.models.chameleon.modeling_chameleon import ChameleonImageVocabularyMapping as Mapping
+
+        image_open, row_end, image_close = (vocab["<racm3:break>"],), None, (vocab["<eoss>"],)
+    img2bpe = Mapping(vocab).img2bpe  # code -> id
+    code_ids = np.array([img2bpe[code] for code in range(len(img2bpe))], dtype=np.int64)
+    return TokenLayout(
+        **ids, grid=(h, w), code_ids=code_ids, image_open=image_open, row_end=row_end, image_close=image_close
+    )
+
+
+class FamilyCodec:
+    """Documents of text and images <-> ids in a public family's layout: text through the folder's own
+    tokenizer, images through its VQ tokenizer (``HFVision``) written as ``layout`` says. The families
+    write no videos or actions.
+
+        codec = FamilyCodec.load(checkpoint / "tokenizer" / "hf")
+        ids = codec.encode([Text("describe this"), Image(pixels=frame)])   # <bos> text, image ids
+    """
+
+    def __init__(self, tokenizer, vision: HFVision | None, layout: TokenLayout) -> None:
+        self.tokenizer, self.vision, self.layout = tokenizer, vision, layout
+
+    @classmethod
+    def load(cls, hf_dir: str | Path, *, frame_size: int | None = None, device="cpu") -> FamilyCodec:
+        transformers = transformers_module()
+        tokenizer = transformers.AutoTokenizer.from_pretrained(hf_dir)
+        if family_named(transformers.AutoConfig.from_pretrained(hf_dir).model_type).vision is None:
+            return cls(tokenizer, None, family_layout(hf_dir))
+        vision = HFVision.load(hf_dir, frame_size=frame_size, device=device)
+        return cls(tokenizer, vision, family_layout(hf_dir, vision.grid))
+
+    def encode(self, doc: Document) -> np.ndarray:
+        """(L,) ids: the family's begin id, then each segment (text as the tokenizer splits it)."""
+        parts = [[self.layout.bos]]
+        for i, seg in enumerate(doc):
+            if isinstance(seg, Text):
+                parts.append(self.tokenizer.encode(seg.text, add_special_tokens=False))
+            elif isinstance(seg, Image):
+                codes = seg.codes if seg.codes is not None else self._vision().encode(seg.pixels[None])[0]
+                parts.append(self.layout.image_ids(np.asarray(codes)))
+            else:
+                raise ValueError(f"segment {i} is a {type(seg).__name__}; a public family writes text and images only")
+        return np.concatenate([np.asarray(p, dtype=np.int64) for p in parts])
+
+    def decode(self, ids: np.ndarray) -> Document:
+        """The text and images of ``ids`` (images as codes); an unfinished image is dropped."""
+        ids = [int(i) for i in ids]
+        layout = self.layout
+        segments: Document = []
+        text: list[int] = []
+        i = 0
+        while i < len(ids):
+            if layout.image_open and ids[i : i + len(layout.image_open)] == list(layout.image_open):
+                image = self._read_image(ids, i + len(layout.image_open))
+                if text:
+                    segments.append(Text(self.tokenizer.decode(text, skip_special_tokens=True)))
+                    text = []
+                if image is None:
+                    return segments
+                segments.append(Image(codes=image))
+                i += len(layout.image_open) + layout.body_length + len(layout.image_close)
+            else:
+                text.append(ids[i])
+                i += 1
+        if text and (words := self.tokenizer.decode(text, skip_special_tokens=True)):
+            segments.append(Text(words))
+        return segments
+
+    def _read_image(self, ids: list[int], start: int) -> np.ndarray | None:
+        layout = self.layout
+        h, w = layout.grid
+        body = np.asarray(ids[start : start + layout.body_length]).reshape(-1, layout.row_length)[:, :w]
+        if body.shape != (h, w):
+            return None
+        code_of = {int(id_): code for code, id_ in enumerate(layout.code_ids)}
+        return np.vectorize(lambda id_: code_of.get(int(id_), 0))(body).astype(np.int64)
+
+    def _vision(self) -> HFVision:
+        if self.vision is None:
+            raise ValueError("this family reads and writes text only: it has no VQ tokenizer")
+        return self.vision
