@@ -16,7 +16,7 @@ def add_parsers(commands) -> None:
         description="Read a Hugging Face model folder (Emu3, Chameleon, or a Llama or Qwen3 layout such as "
         "LWM-Text) and write it as a ringworld run of one "
         "checkpoint: the decoder under ringworld's names, and the folder's tokenizer files and VQ tokenizer "
-        "beside it. Every command that takes --checkpoint reads the run. Needs transformers: "
+        "beside it. `generate image` (Emu3), `caption` and `ask` read the run (--checkpoint). Needs transformers: "
         "pip install 'ringworld[hf]'. Nothing is downloaded: download the folder first (e.g. `hf download`).",
     )
     p.add_argument("folder", type=Path, help="the model folder (config.json, *.safetensors, tokenizer files)")
