@@ -24,6 +24,8 @@ COMMANDS = {  # every command, and the subcommands of those that have them
     "eval": ["world", "needle"],
     "serve": [],
     "demo": [],
+    "import": ["hf"],
+    "export": ["hf"],
 }
 
 
