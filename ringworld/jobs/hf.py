@@ -25,6 +25,7 @@ from safetensors.torch import load_file, save_file
 
 from ringworld.extras import transformers_module
 from ringworld.families import Family, family_named
+from ringworld.io import atomic_directory
 from ringworld.model.hf import from_hf, hf_weights, model_config
 from ringworld.model.transformer import ModelConfig, full_weights
 from ringworld.tokens.hf_vision import VISION_WEIGHTS
@@ -84,10 +85,10 @@ def export_hf(run: str | Path, out: str | Path) -> Path:
     if (hf_dir / VISION_WEIGHTS).is_file():
         weights |= {family.vision_prefix + k: v for k, v in load_file(hf_dir / VISION_WEIGHTS).items()}
     out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    shutil.copytree(hf_dir, out, ignore=shutil.ignore_patterns(VISION_WEIGHTS, "config.json"), dirs_exist_ok=True)
-    save_file({k: v.contiguous() for k, v in weights.items()}, out / "model.safetensors", metadata={"format": "pt"})
-    (out / "config.json").write_text(hf_config)
+    with atomic_directory(out) as tmp:  # a crash mid-write leaves the folder that was there, if any
+        shutil.copytree(hf_dir, tmp, ignore=shutil.ignore_patterns(VISION_WEIGHTS, "config.json"), dirs_exist_ok=True)
+        save_file({k: v.contiguous() for k, v in weights.items()}, tmp / "model.safetensors", metadata={"format": "pt"})
+        (tmp / "config.json").write_text(hf_config)
     return out
 
 

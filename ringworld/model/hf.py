@@ -10,7 +10,6 @@ public checkpoints (``ringworld.jobs.hf``).
 
     hf = to_hf(model)            # a ringworld model as Llama/Qwen3: same weights, same logits
     model = from_hf(hf)          # any family -> ringworld, state_dict for state_dict
-    load_into_hf(hf, model)      # and back into an HF model of its family (e.g. one that holds a VQ tokenizer)
 
 transformers is an optional dependency (``pip install ringworld[hf]``), imported only when these
 functions are called.
@@ -33,11 +32,6 @@ if TYPE_CHECKING:
 def family_of(hf_cfg: PreTrainedConfig) -> Family:
     """The family of an HF config; a ValueError naming the known ones for any other."""
     return family_named(hf_cfg.model_type)
-
-
-def decoder_config(hf_cfg: PreTrainedConfig) -> PreTrainedConfig:
-    """The part of an HF config that describes the decoder (Emu3 keeps it in ``text_config``)."""
-    return hf_cfg.text_config if family_of(hf_cfg).name == "emu3" else hf_cfg
 
 
 CONFIG_NAMES = {  # ringworld ModelConfig field -> HF config field, the same value on both sides
@@ -84,7 +78,7 @@ def hf_config(cfg: ModelConfig) -> PreTrainedConfig:
 def model_config(hf_cfg: PreTrainedConfig) -> ModelConfig:
     """The ringworld config of an HF config of a known family; raises if it uses what ringworld does not have."""
     family = family_of(hf_cfg)
-    text = decoder_config(hf_cfg)
+    text = hf_cfg.get_text_config()  # the decoder's part (Emu3 keeps it in text_config)
     rope = text.rope_parameters  # transformers standardizes it to hold rope_type and rope_theta
     head_dim = getattr(text, "head_dim", None) or text.hidden_size // text.num_attention_heads
     problems = []
@@ -140,16 +134,6 @@ def from_hf(hf_model: PreTrainedModel) -> Transformer:
         model.head.weight = model.embed.weight
     model.load_state_dict(ringworld_weights(hf_model.state_dict(), cfg, family_of(hf_model.config)))
     return model.train(hf_model.training)
-
-
-def load_into_hf(hf_model: PreTrainedModel, model: Transformer) -> None:
-    """Copy ``model``'s weights into the decoder of ``hf_model``, an HF model of its family and shape (the
-    rest of it, a VQ tokenizer say, is left as it is)."""
-    family = family_of(hf_model.config)
-    weights = hf_weights(model.state_dict(), model.cfg, family)
-    _, unexpected = hf_model.load_state_dict(weights, strict=False)  # a shape that differs raises here
-    if unexpected:
-        raise ValueError(f"the HF {family.name} model has no weights named {unexpected[:3]}: another architecture")
 
 
 # weight names ---------------------------------------------------------------------------------

@@ -93,7 +93,8 @@ class FamilyCodec:
         return np.concatenate([np.asarray(p, dtype=np.int64) for p in parts])
 
     def decode(self, ids: np.ndarray) -> Document:
-        """The text and images of ``ids`` (images as codes); an unfinished image is dropped."""
+        """The text and images of ``ids`` (images as codes). Lenient, for model samples: an id in an image's
+        rows that is no code reads as code 0, and an unfinished image ends the document."""
         ids = [int(i) for i in ids]
         layout = self.layout
         segments: Document = []
