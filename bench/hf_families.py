@@ -45,7 +45,7 @@ from ringworld.jobs.hf import import_hf  # noqa: E402
 
 def cases(family: str, hf, im, new: int, guidance: float) -> dict:
     image = np.random.default_rng(0).integers(0, 256, (hf_models.FRAME, hf_models.FRAME, 3), dtype=np.uint8)
-    prompt = im.codec.encode([Text("look: "), Image(pixels=image), Text(" what is it?")])
+    prompt = im.codec.prompt([Text("look: "), Image(pixels=image), Text(" what is it?")])
     pad = im.codec.layout.pad
     out = {}
     for rows in (1, 8):
@@ -68,7 +68,7 @@ def cases(family: str, hf, im, new: int, guidance: float) -> dict:
     layout = im.codec.layout
     h, w = layout.grid
     opening = np.asarray(layout.image_open)
-    cond = np.concatenate([im.codec.encode([Text("a red apple")]), opening])
+    cond = np.concatenate([im.codec.prompt([Text("a red apple")]), opening])
     uncond = np.concatenate([[layout.bos], opening])
     n = layout.body_length + len(layout.image_close)
 

@@ -292,7 +292,7 @@ def test_the_codec_writes_what_the_family_processor_writes(family: str, imported
     else:
         tokens = hf.model.get_image_tokens(made.pixel_values).flatten()
     theirs[theirs == hf.model.vocabulary_mapping.image_token_id] = tokens.long()
-    ours = codec.encode([Text("say "), Image(pixels=image), Text(" hi")])
+    ours = codec.prompt([Text("say "), Image(pixels=image), Text(" hi")])
     assert torch.equal(torch.from_numpy(ours), theirs)
     text, picture, more = codec.decode(ours[1:])
     assert (text.text, more.text) == ("say ", " hi")
@@ -307,7 +307,7 @@ def test_greedy_text_is_token_identical_to_transformers(family: str, imported) -
     hf, checkpoint = imported[family]
     im = load_imported(checkpoint, "cpu")
     doc = [Text("say hi")] if family == "llama" else [Text("say "), Image(pixels=frames(1)[0]), Text(" hi")]
-    prompt = im.codec.encode(doc)
+    prompt = im.codec.prompt(doc)
     stop = hf_models.TEXT - 1  # an id (<unused>) neither stops at soon: 16 tokens each, past any end of text
     ours = im.engine.generate([prompt], max_new_tokens=16, stop=[stop], constrained=False).tokens[0]
     prompts = torch.from_numpy(prompt)[None]
@@ -325,7 +325,7 @@ def test_an_emu3_image_span_follows_its_layout_as_constrained_transformers_does(
     im = load_imported(checkpoint, "cpu")
     layout = im.codec.layout
     h, w = layout.grid
-    prompt = np.concatenate([im.codec.encode([Text("a cat")]), layout.image_open])
+    prompt = np.concatenate([im.codec.prompt([Text("a cat")]), layout.image_open])
     new = layout.body_length + len(layout.image_close)
     ours = im.engine.generate([prompt], max_new_tokens=new).tokens[0]
 
@@ -411,7 +411,7 @@ def test_reply_is_transformers_greedy_answer(imported) -> None:
     hf, checkpoint = imported["chameleon"]
     im = load_imported(checkpoint, "cpu")
     image = frames(1)[0]
-    prompt = torch.from_numpy(im.codec.encode(chat(im, image, "what is it?")))[None]
+    prompt = torch.from_numpy(im.codec.prompt(chat(im, image, "what is it?")))[None]
     theirs = hf.generate(prompt, do_sample=False, max_new_tokens=24)[0, prompt.shape[1] :]
     words = im.codec.tokenizer.decode(theirs, skip_special_tokens=True).strip()
     assert reply(im, [image], ["what is it?"], max_new_tokens=24) == [words]

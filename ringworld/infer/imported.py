@@ -68,7 +68,7 @@ def draw(
         raise ValueError(CANNOT_DRAW.format(family=im.family.name))
     layout = im.codec.layout
     opening = np.asarray(layout.image_open, dtype=np.int64)
-    cond = [np.concatenate([im.codec.encode([Text(p)]), opening]) for p in prompts]
+    cond = [np.concatenate([im.codec.prompt([Text(p)]), opening]) for p in prompts]
     uncond = [np.concatenate([[layout.bos], opening])] * len(prompts)
     made = im.engine.generate(
         cond,
@@ -90,7 +90,7 @@ def reply(
     """Greedy answers to a question about each image ((H, W, 3) uint8, the VQ tokenizer's frame size):
     the image, then the question, in the folder's chat template where it has one; each answer at most
     ``max_new_tokens`` ids, and what fits in the model's context."""
-    prompts = [im.codec.encode(chat(im, image, question)) for image, question in zip(images, questions, strict=True)]
+    prompts = [im.codec.prompt(chat(im, image, question)) for image, question in zip(images, questions, strict=True)]
     made = im.engine.generate(prompts, max_new_tokens=min(max_new_tokens, im.engine.room(prompts)))
     return [" ".join(s.text for s in im.codec.decode(t) if isinstance(s, Text)).strip() for t in made.tokens]
 

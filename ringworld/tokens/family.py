@@ -18,8 +18,10 @@ import numpy as np
 from ringworld.documents import Document, Image, Text
 from ringworld.extras import transformers_module
 from ringworld.families import family_named
+from ringworld.tokens.codec import Encoded
 from ringworld.tokens.hf_vision import HFVision
 from ringworld.tokens.layout import TokenLayout
+from ringworld.tokens.vocab import MODALITY_TEXT, MODALITY_VISION
 
 
 def family_layout(hf_dir: str | Path, grid: tuple[int, int] = (0, 0)) -> TokenLayout:
@@ -64,7 +66,7 @@ class FamilyCodec:
     write no videos or actions.
 
         codec = FamilyCodec.load(checkpoint / "tokenizer" / "hf")
-        ids = codec.encode([Text("describe this"), Image(pixels=frame)])   # <bos> text, image ids
+        ids = codec.prompt([Text("describe this"), Image(pixels=frame)])   # <bos> text, image ids
     """
 
     def __init__(self, tokenizer, vision: HFVision | None, layout: TokenLayout) -> None:
@@ -79,18 +81,36 @@ class FamilyCodec:
         vision = HFVision.load(hf_dir, frame_size=frame_size, device=device)
         return cls(tokenizer, vision, family_layout(hf_dir, vision.grid))
 
-    def encode(self, doc: Document) -> np.ndarray:
-        """(L,) ids: the family's begin id, then each segment (text as the tokenizer splits it)."""
-        parts = [[self.layout.bos]]
+    def encode(self, doc: Document) -> Encoded:
+        """A whole document, for training: the family's begin id, each segment (text as the tokenizer splits
+        it), its end id; the loss on every segment whose ``loss`` flag is set, and on the end id."""
+        parts, loss = [np.array([self.layout.bos])], [False]
         for i, seg in enumerate(doc):
             if isinstance(seg, Text):
-                parts.append(self.tokenizer.encode(seg.text, add_special_tokens=False))
+                parts.append(np.asarray(self.tokenizer.encode(seg.text, add_special_tokens=False), dtype=np.int64))
             elif isinstance(seg, Image):
                 codes = seg.codes if seg.codes is not None else self._vision().encode(seg.pixels[None])[0]
                 parts.append(self.layout.image_ids(np.asarray(codes)))
             else:
                 raise ValueError(f"segment {i} is a {type(seg).__name__}; a public family writes text and images only")
-        return np.concatenate([np.asarray(p, dtype=np.int64) for p in parts])
+            loss.append(seg.loss)
+        parts.append(np.array([self.layout.eos]))
+        loss.append(True)
+        ids = np.concatenate(parts).astype(np.int64)
+        mask = np.repeat(loss, [len(p) for p in parts])
+        return Encoded(ids, mask, self.modality(ids))
+
+    def prompt(self, doc: Document) -> np.ndarray:
+        """(L,) the ids of ``doc`` without its end id: a prompt the model goes on from."""
+        return self.encode(doc).ids[:-1]
+
+    def modality(self, ids: np.ndarray) -> np.ndarray:
+        """Modality label of each id, as ``Vocab.modality`` gives ringworld's: an image's codes, row ends and
+        framing ids are vision (Emu3's size, written as text, stays text); everything else is text."""
+        layout = self.layout
+        framing = [*layout.image_open[:1], *layout.image_open[-1:], *layout.image_close]
+        vision = np.isin(ids, layout.code_ids) | np.isin(ids, framing + ([layout.row_end] if layout.row_end else []))
+        return np.where(vision, MODALITY_VISION, MODALITY_TEXT).astype(np.uint8)
 
     def decode(self, ids: np.ndarray) -> Document:
         """The text and images of ``ids`` (images as codes). Lenient, for model samples: an id in an image's
