@@ -55,19 +55,20 @@ def free_port() -> int:
 
 
 class LiveServer:
-    """``ringworld serve``'s app for ``wm`` on a free local port, in a thread of this process; the
-    model runs in a thread too, unless ``worker`` says otherwise."""
+    """``ringworld serve``'s app for ``wm`` (a world model or an imported one) on a free local port, in a
+    thread of this process; the model runs in a thread too, unless ``worker`` says otherwise."""
 
     def __init__(self, wm, *, max_requests: int = 64, limits=None, worker=None) -> None:
         import uvicorn
 
         from ringworld.infer.batcher import Batcher
         from ringworld.serve.app import Limits, make_app
+        from ringworld.serve.fronts import front_of
         from ringworld.serve.worker import ThreadWorker
 
         self.wm = wm
         self.worker = worker or ThreadWorker(Batcher(wm.engine, rows=8), max_requests=max_requests)
-        app = make_app(wm, self.worker, name="tiny", limits=limits or Limits())
+        app = make_app(front_of(wm), self.worker, name="tiny", limits=limits or Limits())
         self.port = free_port()
         self.server = uvicorn.Server(uvicorn.Config(app, host="127.0.0.1", port=self.port, log_level="warning"))
         self.thread = threading.Thread(target=self.server.run, daemon=True)

@@ -87,7 +87,8 @@ def add_parsers(commands) -> None:
         help="needle in a haystack: text and video, by context length and depth",
         description="Needle in a haystack, as LWM reports it. For every context length and needle depth, ask\n"
         "--samples questions about a magic number hidden in filler text (text) and about one solid-colour\n"
-        "flash frame hidden in a long world video (video); greedy answers, judged exactly. Prints a table,\n"
+        "flash frame hidden in a long world video (video); greedy answers, judged exactly. A run imported\n"
+        "by `ringworld import hf` is asked the text needles in its own chat template. Prints a table,\n"
         "--json writes every cell and the mean accuracy per kind, --plot draws heatmaps (length x depth).\n\n"
         "  ringworld eval needle --checkpoint runs/model --lengths 1k,2k,4k --depths 0,0.5,1 --plot needle.png",
         formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -105,7 +106,11 @@ def add_parsers(commands) -> None:
         default=[0.0, 0.25, 0.5, 0.75, 1.0],
         help="needle depths in [0, 1] (default: 0,0.25,0.5,0.75,1)",
     )
-    needle.add_argument("--kinds", type=_kinds, default=["text", "video"], help="text, video or both (default: both)")
+    needle.add_argument(
+        "--kinds",
+        type=_kinds,
+        help="text, video or both (default: both; text for a run imported by `import hf`, which reads no video)",
+    )
     needle.add_argument("--plot", type=Path, help="write accuracy heatmaps here (PNG)")
     needle.add_argument("--batch-size", type=positive_int, default=4, help="prompts per forward (default: 4)")
     needle.set_defaults(run=_run, samples_default=10)
@@ -129,14 +134,21 @@ def _run(args: argparse.Namespace) -> None:
 
 
 def _suite(args: argparse.Namespace, d) -> None:
+    from ringworld.infer.imported import is_imported, load_imported
     from ringworld.infer.tasks import load_world_model
     from ringworld.parallel.context import RingPrefill
 
     prefill = None if d.cp_group is None else RingPrefill(d.cp_group)
-    wm = load_world_model(args.checkpoint, d.device, prefill=prefill)
+    if is_imported(args.checkpoint):
+        if args.suite != "needle":
+            raise ValueError("the world suite judges ringworld's world models; an imported run takes `eval needle`")
+        wm = load_imported(args.checkpoint, d.device, prefill=prefill)
+    else:
+        wm = load_world_model(args.checkpoint, d.device, prefill=prefill)
     samples = args.samples or args.samples_default
     if args.suite == "needle":
-        metrics = _needle(args, wm, samples)
+        kinds = args.kinds or (["text"] if is_imported(args.checkpoint) else ["text", "video"])
+        metrics = _needle(args, wm, samples, kinds)
     else:
         from ringworld.eval.world import EVAL_SEED, evaluate
 
@@ -163,14 +175,14 @@ def _suite(args: argparse.Namespace, d) -> None:
         print(f"wrote {page}")
 
 
-def _needle(args: argparse.Namespace, wm, samples: int) -> dict:
+def _needle(args: argparse.Namespace, wm, samples: int, kinds: list[str]) -> dict:
     from ringworld.eval.needle import NEEDLE_SEED, evaluate_needle, needle_table, plot_needle
 
     result = evaluate_needle(
         wm,
         args.lengths,
         args.depths,
-        args.kinds,
+        kinds,
         samples=samples,
         seed=NEEDLE_SEED if args.seed is None else args.seed,
         batch_size=args.batch_size,

@@ -82,18 +82,11 @@ def add_parsers(commands) -> None:
     ask.set_defaults(run=_ask)
 
 
-CAPTION_QUESTION = "Describe the image."  # what an imported model is asked for a caption
-
-
 def _imported(args: argparse.Namespace):
     """The imported model the --checkpoint holds, or None for a ringworld world model."""
-    from ringworld.train.checkpoint import read_config, resolve_checkpoint
+    from ringworld.infer.imported import is_imported, load_imported
 
-    if "hf" not in read_config(resolve_checkpoint(args.checkpoint)):
-        return None
-    from ringworld.infer.imported import load_imported
-
-    return load_imported(args.checkpoint, args.device)
+    return load_imported(args.checkpoint, args.device) if is_imported(args.checkpoint) else None
 
 
 def _no_video(im) -> None:
@@ -141,7 +134,7 @@ def _caption(args: argparse.Namespace) -> None:
     from ringworld.infer.tasks import caption_images
 
     if (im := _imported(args)) is not None:
-        from ringworld.infer.imported import reply
+        from ringworld.infer.imported import CAPTION_QUESTION, reply
 
         frames = _read(args.image, im, max_frames=1)
         print(reply(im, [frames if frames.ndim == 3 else frames[0]], [CAPTION_QUESTION])[0])

@@ -21,6 +21,8 @@ def add_parsers(commands) -> None:
         "and actions or steps in, predicted frames out). Requests from every client are decoded together in one batch "
         "(continuous batching): each joins the running batch when it arrives and leaves when it is done. "
         "The model decodes in a process of its own, started before the server listens. "
+        "A run imported by `ringworld import hf` serves chat (text, or one image and text) and, where its family "
+        "draws (Emu3), /v1/images/generations; videos and rollouts are ringworld's own. "
         "Binds to 127.0.0.1 unless --host says otherwise.",
     )
     serve.add_argument("--checkpoint", type=Path, required=True, help="a run directory or a checkpoint")
@@ -66,16 +68,16 @@ def add_parsers(commands) -> None:
 def _serve(args: argparse.Namespace) -> None:
     import uvicorn
 
-    from ringworld.infer.tasks import load_world_model
     from ringworld.serve.app import Limits, make_app
+    from ringworld.serve.fronts import load_front
     from ringworld.serve.worker import ProcessWorker
 
-    wm = load_world_model(args.checkpoint, args.device)  # this process's: for checks and for media
+    front = load_front(args.checkpoint, args.device)  # this process's: for checks and for media
     what = "loading the model's process and compiling its decode and prompt steps (--no-compile skips this)"
     print(f"{what} ..." if args.compile else "loading the model's process ...", flush=True)
     worker = ProcessWorker(
-        wm.checkpoint,
-        wm.engine,
+        front.checkpoint,
+        front.engine,
         device=args.device,
         rows=args.rows,
         compile=args.compile,
@@ -83,8 +85,8 @@ def _serve(args: argparse.Namespace) -> None:
     )
     print(f"the model is ready in {worker.start_s:.1f} s", flush=True)
     limits = Limits(max_body_bytes=int(args.max_body_mb * 2**20), max_tokens=args.max_tokens, timeout_s=args.timeout)
-    app = make_app(wm, worker, name=args.name, limits=limits)
-    print(f"serving {wm.checkpoint} as {args.name!r} on http://{args.host}:{args.port}")
+    app = make_app(front, worker, name=args.name, limits=limits)
+    print(f"serving {front.checkpoint} as {args.name!r} on http://{args.host}:{args.port}")
     try:
         uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
     finally:

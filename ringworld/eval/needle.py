@@ -16,8 +16,11 @@ from pathlib import Path
 import numpy as np
 from tqdm.auto import tqdm
 
+from ringworld.documents import Document, Text
+from ringworld.infer.imported import ImportedModel, answers, question_prompt
 from ringworld.infer.tasks import WorldModel, answer_documents
 from ringworld.world.needle import KINDS, judge, needle_document
+from ringworld.world.sim import WorldConfig
 
 NEEDLE_SEED = 9_000_011  # training draws from (seed, step, row): these documents are never trained on
 
@@ -27,8 +30,51 @@ def length_label(length: int) -> str:
     return f"{length // 1024}K" if length % 1024 == 0 else str(length)
 
 
+class FamilyNeedles:
+    """A needle document as an imported family is asked it: its haystack and question as one user turn
+    (in the folder's chat template, where it has one), sized in the family's own ids. It stands for the
+    codec ``needle_document`` sizes documents with."""
+
+    def __init__(self, im: ImportedModel) -> None:
+        self.im, self.text = im, _TextIds(im.codec.tokenizer)
+
+    def encode(self, doc: Document) -> np.ndarray:
+        """The prompt the model is given for ``doc`` (text segments): all of it, one line a segment."""
+        return question_prompt(self.im, None, "\n".join(seg.text for seg in doc if isinstance(seg, Text)))
+
+
+class _TextIds:
+    def __init__(self, tokenizer) -> None:
+        self.tokenizer = tokenizer
+
+    def encode(self, text: str) -> list[int]:
+        return self.tokenizer.encode(text, add_special_tokens=False)
+
+    def encode_batch(self, texts: list[str]) -> list[list[int]]:
+        return [self.encode(t) for t in texts]
+
+
+def _asked(model: WorldModel | ImportedModel, kinds: Sequence[str], max_new_tokens: int, batch_size: int):
+    """(the codec needles are sized with, the world their filler comes from, questions -> answers)."""
+    if isinstance(model, WorldModel):
+
+        def ask(questions: list[Document]) -> list[str]:
+            return answer_documents(model, questions, max_new_tokens=max_new_tokens, batch_size=batch_size)
+
+        return model.codec, model.world, ask
+    if "video" in kinds:
+        raise ValueError(f"{model.family.name} models read no video: ask for text needles alone (--kinds text)")
+    sizer = FamilyNeedles(model)
+
+    def ask_family(questions: list[Document]) -> list[str]:
+        prompts = [sizer.encode(q) for q in questions]
+        return answers(model, prompts, max_new_tokens=max_new_tokens, batch_size=batch_size)
+
+    return sizer, WorldConfig(), ask_family
+
+
 def evaluate_needle(
-    wm: WorldModel,
+    model: WorldModel | ImportedModel,
     lengths: Sequence[int],
     depths: Sequence[float],
     kinds: Sequence[str] = KINDS,
@@ -39,11 +85,14 @@ def evaluate_needle(
     max_new_tokens: int = 16,
     progress: bool = True,
 ) -> dict:
-    """Accuracy of every (kind, length, depth) cell and its mean per kind, JSON-ready."""
+    """Accuracy of every (kind, length, depth) cell and its mean per kind, JSON-ready. An imported run
+    (``ringworld import hf``) takes text needles, asked in its own layout; its haystack is the world's
+    captions, as for a world model."""
     unknown = set(kinds) - set(KINDS)
     if unknown:
         raise ValueError(f"unknown needle kind(s) {', '.join(sorted(unknown))}; kinds are {', '.join(KINDS)}")
-    context = wm.engine.model.cfg.max_seq_len
+    codec, world, ask = _asked(model, kinds, max_new_tokens, batch_size)
+    context = model.engine.model.cfg.max_seq_len
     if max(lengths) > context:
         raise ValueError(
             f"the model's context is {context} tokens; ask for needle lengths up to it, not {max(lengths)}"
@@ -53,11 +102,11 @@ def evaluate_needle(
     for kind, length, depth in tqdm(grid, desc="needle cells", disable=not progress):
         rng = np.random.default_rng([seed, KINDS.index(kind), length, round(depth * 1000)])
         room = length - max_new_tokens
-        needles = [needle_document(kind, wm.codec, room, depth, rng, wm.world) for _ in range(samples)]
+        needles = [needle_document(kind, codec, room, depth, rng, world) for _ in range(samples)]
         # the prompt is the document cut where the answer starts: ... question <|sep|>
         questions = [n.document[:-1] for n in needles]
-        answers = answer_documents(wm, questions, max_new_tokens=max_new_tokens, batch_size=batch_size)
-        right = [judge(kind, a, n.answer) for a, n in zip(answers, needles, strict=True)]
+        said = ask(questions)
+        right = [judge(kind, a, n.answer) for a, n in zip(said, needles, strict=True)]
         cells.append(
             {
                 "kind": kind,
@@ -65,8 +114,8 @@ def evaluate_needle(
                 "depth": depth,
                 "accuracy": float(np.mean(right)),
                 "samples": samples,
-                "prompt_tokens": float(np.mean([len(wm.codec.encode(q)) for q in questions])),
-                "example": {"answer": answers[0], "truth": needles[0].answer},
+                "prompt_tokens": float(np.mean([len(codec.encode(q)) for q in questions])),
+                "example": {"answer": said[0], "truth": needles[0].answer},
             }
         )
     mean = {k: float(np.mean([c["accuracy"] for c in cells if c["kind"] == k])) for k in kinds}

@@ -35,7 +35,8 @@ class SpanGrammar:
 
     def __init__(self, layout: TokenLayout, device: torch.device | str = "cpu") -> None:
         size = layout.vocab_size
-        self.row, self.body = layout.row_length, layout.body_length  # tokens in a row, in a frame body
+        # tokens in a row (a layout without images has no rows: 1 keeps the arithmetic whole), in a frame body
+        self.row, self.body = max(layout.row_length, 1), layout.body_length
         self.vocab_size = size
         self.device = torch.device(device)
         video = layout.video or VideoLayout(NONE, NONE, NONE, range(0), range(0), range(0))

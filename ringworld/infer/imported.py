@@ -21,11 +21,13 @@ from ringworld.device import default_device
 from ringworld.documents import Document, Image, Text
 from ringworld.extras import transformers_module
 from ringworld.families import CANNOT_DRAW, Family, family_named
-from ringworld.infer.engine import Engine
+from ringworld.infer.engine import Engine, Prefill
 from ringworld.infer.sampling import Sampling
 from ringworld.infer.tasks import DEFAULT_GUIDANCE, DRAWING
 from ringworld.tokens.family import FamilyCodec
-from ringworld.train.checkpoint import load_model, read_config
+from ringworld.train.checkpoint import load_model, read_config, resolve_checkpoint
+
+CAPTION_QUESTION = "Describe the image."  # what an imported model is asked for a caption
 
 
 @dataclass
@@ -43,8 +45,15 @@ class ImportedModel:
         return self.codec.vision.frame_size
 
 
-def load_imported(run: str | Path, device: str | torch.device | None = None, *, compile: bool = False) -> ImportedModel:
-    """The latest checkpoint of a run made by ``ringworld import hf`` (or trained from one), on ``device``."""
+def load_imported(
+    run: str | Path,
+    device: str | torch.device | None = None,
+    *,
+    compile: bool = False,
+    prefill: Prefill | None = None,
+) -> ImportedModel:
+    """The latest checkpoint of a run made by ``ringworld import hf`` (or trained from one), on ``device``;
+    ``prefill`` says how its engine prefills prompts (e.g. ``ringworld.parallel.context.RingPrefill``)."""
     device = torch.device(device) if device is not None else default_device()
     model, checkpoint = load_model(run, device)
     config = read_config(checkpoint)
@@ -56,7 +65,35 @@ def load_imported(run: str | Path, device: str | torch.device | None = None, *, 
     if not family.draws and len(codec.layout.code_ids):  # it reads images but never writes one
         bias = torch.zeros(model.cfg.vocab_size)
         bias[torch.from_numpy(codec.layout.code_ids)] = float("-inf")
-    return ImportedModel(Engine(model, codec, compile=compile, logit_bias=bias), codec, family, checkpoint)
+    engine = Engine(model, codec, compile=compile, prefill=prefill, logit_bias=bias)
+    return ImportedModel(engine, codec, family, checkpoint)
+
+
+def is_imported(run: str | Path) -> bool:
+    """Whether the latest checkpoint of ``run`` (or the checkpoint ``run``) came from ``ringworld import hf``."""
+    return "hf" in read_config(resolve_checkpoint(run))
+
+
+def drawing_prompts(im: ImportedModel, caption: str) -> tuple[np.ndarray, np.ndarray]:
+    """The prompt that opens an image after ``caption``, and the opening alone, which guidance mixes against."""
+    if not im.family.draws:
+        raise ValueError(CANNOT_DRAW.format(family=im.family.name))
+    if not caption.strip():
+        raise ValueError('the prompt is empty: give a caption, e.g. "a red apple"')
+    opening = np.asarray(im.codec.layout.image_open, dtype=np.int64)
+    return np.r_[im.codec.prompt([Text(caption)]), opening], np.r_[im.codec.layout.bos, opening]
+
+
+def drawing_budget(im: ImportedModel) -> int:
+    """New ids that make one image: its rows and closing ids (the grammar forces every one after the codes)."""
+    return im.codec.layout.body_length + len(im.codec.layout.image_close)
+
+
+def image_of(im: ImportedModel, tokens: np.ndarray) -> np.ndarray:
+    """(H, W, 3) uint8: the image that ``tokens``, generated after a drawing prompt, write."""
+    opening = np.asarray(im.codec.layout.image_open, dtype=np.int64)
+    (image,) = [s for s in im.codec.decode(np.r_[opening, tokens]) if isinstance(s, Image)]
+    return im.codec.vision.decode(image.codes[None])[0]
 
 
 def draw(
@@ -64,24 +101,25 @@ def draw(
 ) -> np.ndarray:
     """One image per prompt, (N, H, W, 3) uint8: the prompt, the family's image opening, then its rows
     under its grammar, guided against the opening alone (classifier-free guidance, in one batch)."""
-    if not im.family.draws:
-        raise ValueError(CANNOT_DRAW.format(family=im.family.name))
-    layout = im.codec.layout
-    opening = np.asarray(layout.image_open, dtype=np.int64)
-    cond = [np.concatenate([im.codec.prompt([Text(p)]), opening]) for p in prompts]
-    uncond = [np.concatenate([[layout.bos], opening])] * len(prompts)
+    pairs = [drawing_prompts(im, p) for p in prompts]
     made = im.engine.generate(
-        cond,
-        max_new_tokens=layout.body_length + len(layout.image_close),
+        [cond for cond, _ in pairs],
+        max_new_tokens=drawing_budget(im),
         sampling=sampling,
         guidance=guidance,
-        uncond_prompts=uncond,
+        uncond_prompts=[uncond for _, uncond in pairs],
     )
-    codes = []
-    for tokens in made.tokens:
-        (image,) = [s for s in im.codec.decode(np.concatenate([opening, tokens])) if isinstance(s, Image)]
-        codes.append(image.codes)
-    return im.codec.vision.decode(np.stack(codes))
+    return np.stack([image_of(im, tokens) for tokens in made.tokens])
+
+
+def question_prompt(im: ImportedModel, image: np.ndarray | None, question: str) -> np.ndarray:
+    """The ids that ask ``question`` (about ``image``, if given) and leave the answer to the model."""
+    return im.codec.prompt(chat(im, image, question))
+
+
+def answer_text(im: ImportedModel, tokens: np.ndarray) -> str:
+    """The text the model wrote in ``tokens``."""
+    return " ".join(s.text for s in im.codec.decode(tokens) if isinstance(s, Text)).strip()
 
 
 def reply(
@@ -90,24 +128,40 @@ def reply(
     """Greedy answers to a question about each image ((H, W, 3) uint8, the VQ tokenizer's frame size):
     the image, then the question, in the folder's chat template where it has one; each answer at most
     ``max_new_tokens`` ids, and what fits in the model's context."""
-    prompts = [im.codec.prompt(chat(im, image, question)) for image, question in zip(images, questions, strict=True)]
-    made = im.engine.generate(prompts, max_new_tokens=min(max_new_tokens, im.engine.room(prompts)))
-    return [" ".join(s.text for s in im.codec.decode(t) if isinstance(s, Text)).strip() for t in made.tokens]
+    prompts = [question_prompt(im, image, q) for image, q in zip(images, questions, strict=True)]
+    return answers(im, prompts, max_new_tokens=max_new_tokens)
 
 
-def chat(im: ImportedModel, image: np.ndarray, question: str) -> Document:
-    """The user's turn holding ``image`` and ``question``, as the folder's processor writes it with its chat
-    template (up to the assistant's turn), else the image then the question."""
+def answers(
+    im: ImportedModel, prompts: Sequence[np.ndarray], *, max_new_tokens: int, batch_size: int = 64
+) -> list[str]:
+    """The greedy answer to each prompt, ``batch_size`` prompts a forward: at most ``max_new_tokens`` ids,
+    and what fits in the model's context."""
+    out = []
+    for start in range(0, len(prompts), batch_size):
+        part = prompts[start : start + batch_size]
+        made = im.engine.generate(part, max_new_tokens=min(max_new_tokens, im.engine.room(part)))
+        out += [answer_text(im, tokens) for tokens in made.tokens]
+    return out
+
+
+def chat(im: ImportedModel, image: np.ndarray | None, question: str) -> Document:
+    """The user's turn holding ``image`` (if any) and ``question``, as the folder's processor writes it with
+    its chat template (up to the assistant's turn), else the image then the question."""
+    seen = [] if image is None else [Image(pixels=image)]
     template = _chat_template(im)
     if template is None:
-        return [Image(pixels=image), Text(question)]
+        return [*seen, Text(question)]
     processor, marker = template
-    message = [{"role": "user", "content": [{"type": "image"}, {"type": "text", "text": question}]}]
+    content = [{"type": "image"}] if image is not None else []
+    message = [{"role": "user", "content": [*content, {"type": "text", "text": question}]}]
     text = processor.apply_chat_template(message, add_generation_prompt=True, tokenize=False)
-    before, _, after = text.partition(marker)
     bos = im.codec.tokenizer.bos_token or ""
-    before = before.removeprefix(bos)  # the codec writes the family's begin id itself
-    return [*([Text(before)] if before else []), Image(pixels=image), *([Text(after)] if after else [])]
+    text = text.removeprefix(bos)  # the codec writes the family's begin id itself
+    if image is None:
+        return [Text(text)]
+    before, _, after = text.partition(marker)
+    return [*([Text(before)] if before else []), *seen, *([Text(after)] if after else [])]
 
 
 def _chat_template(im: ImportedModel):

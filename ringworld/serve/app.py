@@ -17,6 +17,9 @@
                                     ``--say-motion`` model says how each object moves) and the whole
                                     clip (GIF): ringworld's own
 
+A run imported from a public family (``ringworld import hf``) serves the chat and, where its family draws
+(Emu3), the image endpoints, in its own token layout (``ringworld.serve.fronts``); it makes no videos.
+
 Every request becomes one or more ``Request``s for the ``Worker``, which decodes them in one batch
 with everything else in flight. Bad input gets a 4xx with an OpenAI-style error body, never a 500.
 """
@@ -39,21 +42,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import HTMLResponse, JSONResponse, Response, StreamingResponse
 from pydantic import ValidationError
 
-from ringworld.documents import ACTIONS, Image, Text, Video
+from ringworld.documents import ACTIONS
 from ringworld.infer.batcher import Request
 from ringworld.infer.sampling import Sampling
-from ringworld.infer.tasks import (
-    DRAWING,
-    WorldModel,
-    answer_text,
-    decoded_media,
-    drawing_budget,
-    drawing_prompts,
-    generate_videos,
-    predict,
-    question_prompt,
-    rollout,
-)
+from ringworld.infer.tasks import DRAWING, generate_videos, predict, rollout
+from ringworld.serve.fronts import Front
 from ringworld.serve.protocol import (
     ApiError,
     ChatBody,
@@ -67,7 +60,6 @@ from ringworld.serve.protocol import (
     video_bytes,
 )
 from ringworld.serve.worker import Busy, ModelDown, Worker, served
-from ringworld.world.captions import CAPTION_PROMPT
 
 PAGE = (Path(__file__).parent / "page.html").read_text()
 
@@ -108,10 +100,12 @@ class Bounded:
 
 
 # the app --------------------------------------------------------------------------------------
-def make_app(wm: WorldModel, worker: Worker, *, name: str, limits: Limits = Limits()) -> FastAPI:
+def make_app(front: Front, worker: Worker, *, name: str, limits: Limits = Limits()) -> FastAPI:
+    """The API for ``front``'s model: a ringworld world model serves every endpoint; a run imported from a
+    public family serves chat, and images where the family draws (Emu3); its videos and rollouts get a 400."""
     app = FastAPI(title="ringworld", description="a world model, served")
-    codec = wm.codec
-    tasks_wm = served(wm, worker, limits.timeout_s)  # the multi-step tasks, through the shared batch
+    wm = front.world  # None for an imported family: no videos, no rollouts
+    tasks_wm = None if wm is None else served(wm, worker, limits.timeout_s)  # multi-step tasks, through the batch
     videos: OrderedDict[str, tuple[dict, bytes, str]] = OrderedDict()  # the last few made
 
     @app.exception_handler(ApiError)
@@ -154,6 +148,14 @@ def make_app(wm: WorldModel, worker: Worker, *, name: str, limits: Limits = Limi
         except asyncio.TimeoutError as e:
             raise ApiError(504, f"the request took more than {limits.timeout_s:g} s; ask for less", "timeout") from e
 
+    def no_world() -> None:
+        if wm is None:
+            raise ApiError(
+                400,
+                f"{front.family.name} models make no videos and roll no world forward; this server answers "
+                "/v1/chat/completions and /v1/images/generations",
+            )
+
     @app.get("/", response_class=HTMLResponse)
     async def page() -> str:
         return PAGE.replace('"MODEL"', json.dumps(name))
@@ -171,7 +173,7 @@ def make_app(wm: WorldModel, worker: Worker, *, name: str, limits: Limits = Limi
     @app.post("/v1/chat/completions")
     async def chat(body: ChatBody, http: HTTPRequest):
         check_model(body.model)
-        prompt = await asyncio.to_thread(chat_prompt, wm, body, limits)  # images encode off the event loop
+        prompt = await asyncio.to_thread(chat_prompt, front, body, limits)  # images encode off the event loop
         budget = body.max_completion_tokens or body.max_tokens or 64
         if budget > limits.max_tokens:
             raise ApiError(
@@ -188,7 +190,7 @@ def make_app(wm: WorldModel, worker: Worker, *, name: str, limits: Limits = Limi
         if body.stream:
             return StreamingResponse(stream_chat(request, prompt, stops, rid, created), media_type="text/event-stream")
         tokens = np.array(await run(request, http), dtype=np.int64)
-        text, reason = finish(answer_text(wm, prompt, tokens), stops, tokens, request)
+        text, reason = finish(front.answer(prompt, tokens), stops, tokens, request)
         return {
             "id": rid,
             "object": "chat.completion",
@@ -220,12 +222,12 @@ def make_app(wm: WorldModel, worker: Worker, *, name: str, limits: Limits = Limi
         try:
             async for token in worker.tokens(request):  # leaving this loop early cancels the request
                 tokens.append(token)
-                text, reason = finish(answer_text(wm, prompt, np.array(tokens)), stops, np.array(tokens), request)
+                text, reason = finish(front.answer(prompt, np.array(tokens)), stops, np.array(tokens), request)
                 stable = text.rstrip("\ufffd")  # a character whose bytes are cut short may still complete
                 if len(stable) > len(sent) and stable.startswith(sent):
                     yield chunk({"content": stable[len(sent) :]})
                     sent = stable
-                if reason == "stop" and any(s and s in answer_text(wm, prompt, np.array(tokens)) for s in stops):
+                if reason == "stop" and any(s and s in front.answer(prompt, np.array(tokens)) for s in stops):
                     break
         except Busy as e:
             yield f"data: {json.dumps({'error': {'message': str(e), 'type': 'rate_limit_error'}})}\n\n"
@@ -240,7 +242,7 @@ def make_app(wm: WorldModel, worker: Worker, *, name: str, limits: Limits = Limi
         for s in stops:
             if s and s in text:
                 return text[: text.index(s)], "stop"
-        ran_out = len(tokens) >= request.max_new_tokens and int(tokens[-1]) != codec.vocab.special("<|eos|>")
+        ran_out = len(tokens) >= request.max_new_tokens and int(tokens[-1]) != front.eos
         return text, "length" if ran_out else "stop"
 
     @app.post("/v1/images/generations")
@@ -248,20 +250,27 @@ def make_app(wm: WorldModel, worker: Worker, *, name: str, limits: Limits = Limi
         check_model(body.model)
         if body.n > limits.max_images:
             raise ApiError(400, f"n is {body.n}; this server draws at most {limits.max_images} at once", param="n")
-        scale = image_scale(body.size, wm.frame_size)
-        prompt, uncond = drawing_prompts(wm, body.prompt, Image)
+        scale = image_scale(body.size, front.frame_size)
+        try:
+            drawing = front.drawing(body.prompt)
+        except ValueError as e:
+            raise ApiError(400, str(e), param="prompt") from e
         seed = body.seed or 0
-        budget = drawing_budget(wm, Image, 1)
         requests = [
             Request(
-                prompt, sampling=replace(DRAWING, seed=seed + i), guidance=body.guidance, uncond_prompt=uncond, **budget
+                drawing.prompt,
+                drawing.max_new_tokens,
+                replace(DRAWING, seed=seed + i),
+                drawing.stop,
+                guidance=body.guidance,
+                uncond_prompt=drawing.uncond,
             )
             for i in range(body.n)
         ]
         made = await asyncio.gather(*(run(r, http) for r in requests))  # drawn in one batch
-        frames = await asyncio.to_thread(lambda: [decoded_media(wm, np.r_[prompt, t], Image) for t in made])
+        frames = await asyncio.to_thread(lambda: [front.image(drawing.prompt, np.asarray(t)) for t in made])
         made_tokens = sum(len(tokens) for tokens in made)
-        usage = {"input_tokens": len(prompt) * body.n, "output_tokens": made_tokens}
+        usage = {"input_tokens": len(drawing.prompt) * body.n, "output_tokens": made_tokens}
         usage["total_tokens"] = usage["input_tokens"] + made_tokens
         data = [{"b64_json": b64} for b64 in await asyncio.to_thread(lambda: [png_base64(f, scale) for f in frames])]
         return {"created": int(time.time()), "data": data, "usage": usage}
@@ -288,6 +297,7 @@ def make_app(wm: WorldModel, worker: Worker, *, name: str, limits: Limits = Limi
         except ValueError as e:
             raise ApiError(400, f"the body is neither JSON nor a form ({e})") from e
         check_model(body.model)
+        no_world()
         frames = body.frames or (round(body.seconds * body.fps) if body.seconds else wm.video_frames)
         if frames > limits.max_frames:
             raise ApiError(400, f"{frames} frames asked; this server makes at most {limits.max_frames}", param="frames")
@@ -325,6 +335,7 @@ def make_app(wm: WorldModel, worker: Worker, *, name: str, limits: Limits = Limi
 
     @app.post("/v1/world/rollout")
     async def world_rollout(body: RolloutBody) -> dict:
+        no_world()
         if (body.actions is None) == (body.steps is None):
             raise ApiError(400, "give actions (the agent's moves) or steps (frames to predict), one of the two")
         ahead = len(body.actions) if body.actions is not None else body.steps
@@ -365,7 +376,7 @@ def image_scale(size: str | None, frame: int) -> int:
     return w // frame
 
 
-def chat_prompt(wm: WorldModel, body: ChatBody, limits: Limits) -> np.ndarray:
+def chat_prompt(front: Front, body: ChatBody, limits: Limits) -> np.ndarray:
     """The last user message as a prompt: media with no text (or "describe ...") is a caption;
     media and text, a question about it; text alone, a question on its own."""
     users = [m for m in body.messages if m.role == "user"]
@@ -374,14 +385,13 @@ def chat_prompt(wm: WorldModel, body: ChatBody, limits: Limits) -> np.ndarray:
     content = users[-1].content
     parts = [Part(type="text", text=content)] if isinstance(content, str) else content
     text = " ".join(p.text or "" for p in parts if p.type == "text").strip()
-    media = [read_data_uri(p.image_url.url, wm.frame_size, limits.max_frames) for p in parts if p.image_url is not None]
-    if len(media) > 1:
+    urls = [p.image_url.url for p in parts if p.image_url is not None]
+    if len(urls) > 1:
         raise ApiError(400, "one image or video a message, please", param="messages")
-    if not media:
-        if not text:
-            raise ApiError(400, "the message is empty: send text, an image, or both", param="messages")
-        return question_prompt(wm, [Text(text)])
-    seen = Image(pixels=media[0]) if media[0].ndim == 3 else Video(pixels=media[0])
-    if not text or text.lower().startswith(("describe", "caption")):
-        return question_prompt(wm, [seen, Text(CAPTION_PROMPT)])
-    return question_prompt(wm, [seen, Text(text)])
+    if not urls and not text:
+        raise ApiError(400, "the message is empty: send text, an image, or both", param="messages")
+    media = read_data_uri(urls[0], front.frame_size, limits.max_frames) if urls else None
+    try:
+        return front.question(media, text)
+    except ValueError as e:
+        raise ApiError(400, str(e), param="messages") from e

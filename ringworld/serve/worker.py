@@ -31,7 +31,8 @@ import torch
 from ringworld.infer.batcher import Batcher, Request, check_request
 from ringworld.infer.engine import Engine
 from ringworld.infer.sampling import GREEDY, Sampling
-from ringworld.infer.tasks import WorldModel, load_world_model
+from ringworld.infer.tasks import WorldModel
+from ringworld.serve.fronts import load_front
 
 Command = tuple[str, int, Request | None]  # ("submit" | "cancel" | "stop", ticket, the request to submit)
 Delivery = tuple[int, int | None, bool]  # (ticket, token or None: the model failed, finished)
@@ -303,7 +304,7 @@ def _model_process(conn, checkpoint: str, device: str | None, rows: int, compile
     signal.signal(signal.SIGINT, signal.SIG_IGN)  # Ctrl-C stops the server, which stops this
     start = time.perf_counter()
     try:
-        engine = load_world_model(checkpoint, device, compile=compile).engine
+        engine = load_front(checkpoint, device, compile=compile).engine
         if engine.device.type == "cpu":  # the decode loop and the prefill thread split the cores
             torch.set_num_threads(max(1, torch.get_num_threads() // 2))
         batcher = Batcher(engine, rows=rows, overlap_prefill=True)
