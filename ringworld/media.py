@@ -16,7 +16,7 @@ VIDEO_SUFFIXES = {".mp4", ".gif", ".mov", ".webm", ".mkv", ".avi"}
 
 
 class MediaError(ValueError):
-    """A file could not be read as an image or video."""
+    """A file could not be read as an image, a video or a text."""
 
 
 def upscale(frames: np.ndarray, factor: int) -> np.ndarray:

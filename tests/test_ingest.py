@@ -27,7 +27,8 @@ CAPTIONS = {
 MAX_FRAMES, STRIDE = 4, 2
 MP4_FRAMES, GIF_FRAMES = 10, 5  # -> min(4, ceil(10/2)) = 4 and min(4, ceil(5/2)) = 3 frames
 # sorted walk order, corrupt files left out
-DOCS = ["a_wide.png", "anim.gif", "c_big.jpeg", "clip.mp4", "sub/b_small.jpg"]
+DOCS = ["a_wide.png", "anim.gif", "c_big.jpeg", "clip.mp4", "notes.txt", "sub/b_small.jpg"]
+NOTES = "notes: café ☕, not media"
 
 
 @pytest.fixture(scope="module")
@@ -62,7 +63,8 @@ def source(tmp_path_factory: pytest.TempPathFactory) -> Path:
     (root / "broken.png").write_bytes(rng.integers(0, 256, 300, dtype=np.uint8).tobytes())
     good = (root / "clip.mp4").read_bytes()
     (root / "truncated.mp4").write_bytes(good[: len(good) // 2])
-    (root / "notes.txt").write_text("not media")
+    (root / "notes.txt").write_text(NOTES, encoding="utf-8")  # a text document
+    (root / "empty.txt").write_text("  \n")  # skipped: no text
     lines = [json.dumps({"file": f, "caption": c}) for f, c in CAPTIONS.items()]
     lines.insert(2, '{"file": "a_wide.png", "caption": ')  # line 3: malformed
     lines.append(json.dumps({"file": "missing.png", "caption": "nobody"}))  # line 6: no such file
@@ -79,6 +81,8 @@ def ingested(source: Path, codec: Codec, tmp_path_factory: pytest.TempPathFactor
 
 def expected_document(source: Path, rel: str, size: int) -> list:
     path = source / rel
+    if path.suffix == ".txt":
+        return [Text(path.read_text(encoding="utf-8"))]
     if path.suffix in media.VIDEO_SUFFIXES:
         frames = media.read_video(path, max_frames=MAX_FRAMES, stride=STRIDE)
         seg = Video(pixels=np.stack([media.fit_square(f, size) for f in frames]))
@@ -89,19 +93,20 @@ def expected_document(source: Path, rel: str, size: int) -> list:
 
 def test_report_counts_and_problems(ingested) -> None:
     report, out = ingested
-    assert (report.images, report.videos, report.documents) == (3, 2, 5)
-    assert [name for name, _ in report.skipped] == ["broken.png", "truncated.mp4"]
+    assert (report.images, report.videos, report.texts, report.documents) == (3, 2, 1, 6)
+    assert [name for name, _ in report.skipped] == ["broken.png", "empty.txt", "truncated.mp4"]
+    assert dict(report.skipped)["empty.txt"] == "the file holds no text"
     assert all(why for _, why in report.skipped)
     assert len(report.caption_problems) == 2
     assert report.caption_problems[0].startswith("line 3:")
     assert report.caption_problems[1].startswith("line 6:") and "missing.png" in report.caption_problems[1]
     summary = report.summary()
-    for needle in ("5 documents", "broken.png", "truncated.mp4", "line 3", "missing.png"):
+    for needle in ("6 documents", "1 texts", "broken.png", "truncated.mp4", "line 3", "missing.png"):
         assert needle in summary
     index = json.loads((out / "index.json").read_text())
     assert index["format"] == "ringworld-shards/1" and index["dtype"] == "uint16"
-    assert (index["images"], index["videos"], index["skipped"]) == (3, 2, 2)
-    assert [f for f, _ in index["skipped_files"]] == ["broken.png", "truncated.mp4"]
+    assert (index["images"], index["videos"], index["texts"], index["skipped"]) == (3, 2, 1, 3)
+    assert [f for f, _ in index["skipped_files"]] == ["broken.png", "empty.txt", "truncated.mp4"]
     assert index["sources"] == DOCS
     assert not any(p.name.startswith(".") for p in out.parent.iterdir())  # no temp dirs left
 
@@ -109,7 +114,7 @@ def test_report_counts_and_problems(ingested) -> None:
 def test_documents_round_trip(ingested, codec: Codec, source: Path) -> None:
     report, out = ingested
     ds = ShardDataset(out)
-    assert len(ds) == 5 and ds.vocab == codec.vocab and ds.sources == DOCS
+    assert len(ds) == 6 and ds.vocab == codec.vocab and ds.sources == DOCS
     assert ds.num_tokens == report.tokens == int(ds.lengths.sum())
     frames = {"clip.mp4": min(MAX_FRAMES, math.ceil(MP4_FRAMES / STRIDE)), "anim.gif": 3}
     for i, rel in enumerate(DOCS):
@@ -121,6 +126,9 @@ def test_documents_round_trip(ingested, codec: Codec, source: Path) -> None:
         segments = codec.decode(ids).segments  # strict: raises on any malformed id
         kinds = [type(s) for s in segments]
         media_kind = Video if rel in frames else Image
+        if rel == "notes.txt":
+            assert kinds == [Text] and segments[0].text == NOTES
+            continue
         assert kinds == ([Text, media_kind] if rel in CAPTIONS else [media_kind])
         if rel in CAPTIONS:
             assert segments[0].text == CAPTIONS[rel]
@@ -196,8 +204,8 @@ def test_clear_errors(source: Path, codec: Codec, tmp_path: Path) -> None:
     with pytest.raises(ValueError, match="does not exist"):
         ingest(tmp_path / "nope", codec, tmp_path / "out", progress=False)
     (tmp_path / "empty").mkdir()
-    (tmp_path / "empty" / "readme.txt").write_text("hi")
-    with pytest.raises(ValueError, match="no image or video files under"):
+    (tmp_path / "empty" / "readme.md").write_text("hi")
+    with pytest.raises(ValueError, match="no image, video or text files under"):
         ingest(tmp_path / "empty", codec, tmp_path / "out", progress=False)
     with pytest.raises(ValueError, match="would replace the source folder"):
         ingest(source, codec, source, progress=False)

@@ -8,6 +8,7 @@ import torch.nn.functional as F
 from ringworld.data.packing import IGNORE, PAD_SEGMENT, pack, split_long
 from ringworld.data.shards import ShardDataset, ShardWriter
 from ringworld.data.sources import ShardSource, WorldSource, drop_caption
+from ringworld.documents import Image, Text
 from ringworld.model import attention as attention_module
 from ringworld.model.transformer import ModelConfig, Transformer
 from ringworld.tokens.bundle import load_codec
@@ -229,6 +230,9 @@ def test_caption_dropout_leaves_the_unconditional_image(codec):
     for task in ("image_to_text", "qa", "predict"):
         doc = codec.encode(sample_task(task, rng).document)
         assert drop_caption(doc, codec.vocab) is doc
+    ingested = codec.encode([Text("a red circle"), Image(codes=np.zeros(codec.grid, dtype=np.int64))])  # loss on all
+    dropped = drop_caption(ingested, codec.vocab)
+    assert dropped.ids[1] == codec.vocab.special("<|image|>") and len(dropped) < len(ingested)
 
 
 # shard source ------------------------------------------------------------------------------

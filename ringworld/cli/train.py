@@ -15,7 +15,9 @@ DESCRIPTION = (
     "torchrun --nproc_per_node N -m ringworld train ... and with --cp C, every C processes share each row "
     "(ring attention; a dp x cp mesh). With --resume, the run's saved settings are used and any option given "
     "here overrides them. Context growth: --init-from RUN --stage 2k:2e4:200 --stage 4k:5e4:100 ... trains "
-    "each stage in OUT/stage_K from the previous stage's weights."
+    "each stage in OUT/stage_K from the previous stage's weights. Fine-tuning a run made by `ringworld import hf`: "
+    "--init-from RUN --data SHARDS, the shards ingested with `ringworld data ingest SOURCE --tokenizer RUN`; the "
+    "model keeps the family's options and its run stays one that `export hf`, `caption`, `ask` and `generate` read."
 )
 GROUP_TITLES = {"speed": "speed and logging"}  # --help's group titles, where not the config's group name
 # ModelConfig fields a run may override (into TrainConfig.model): flag, type (None: on/off), help

@@ -6,7 +6,8 @@
     DIR/shard-00001.bin ...
 
 A document never straddles two shards: ``documents[i] = [shard, offset, length]``. Modality labels
-are not stored; ``vocab.modality(ids)`` reads them off the ids.
+are not stored; ``vocab.modality(ids)`` reads them off the ids. The vocabulary is ringworld's own
+(``ringworld.tokens.vocab``) or a public family's (``ringworld.tokens.family_vocab``).
 """
 
 from __future__ import annotations
@@ -20,6 +21,7 @@ import numpy as np
 
 from ringworld.io import atomic_write_text
 from ringworld.tokens.codec import Encoded
+from ringworld.tokens.family_vocab import FamilyVocab, read_vocab
 from ringworld.tokens.vocab import Vocab
 
 FORMAT = "ringworld-shards/1"
@@ -27,7 +29,7 @@ INDEX = "index.json"
 _RESERVED = ("format", "dtype", "vocab", "shards", "documents", "sources")
 
 
-def shard_dtype(vocab: Vocab) -> np.dtype:
+def shard_dtype(vocab: Vocab | FamilyVocab) -> np.dtype:
     """The smallest unsigned dtype that holds every id of ``vocab``."""
     return np.dtype(np.uint16 if vocab.size <= 65535 else np.uint32)
 
@@ -44,7 +46,7 @@ class ShardWriter:
     exception, leaves no ``index.json``, so the half-written directory never reads as a dataset.
     """
 
-    def __init__(self, directory: str | Path, vocab: Vocab, *, shard_tokens: int = 2**24) -> None:
+    def __init__(self, directory: str | Path, vocab: Vocab | FamilyVocab, *, shard_tokens: int = 2**24) -> None:
         if shard_tokens < 1:
             raise ValueError(f"shard_tokens must be >= 1, got {shard_tokens}")
         self.directory = Path(directory)
@@ -155,7 +157,7 @@ class ShardDataset:
                 f"ingest the data again with `ringworld data ingest`"
             )
         self.index: dict[str, Any] = index
-        self.vocab = Vocab.from_json(index["vocab"])
+        self.vocab = read_vocab(index["vocab"])
         self.dtype = np.dtype(index["dtype"])
         self.sources: list[str] = list(index["sources"])
         docs = np.asarray(index["documents"], dtype=np.int64).reshape(-1, 3)  # (N, [shard, offset, length])

@@ -19,6 +19,7 @@ import numpy as np
 from ringworld.data.packing import PackedBatch, RowPacker, piece_starts, rows_to_batch
 from ringworld.data.shards import ShardDataset
 from ringworld.tokens.codec import Codec, Encoded
+from ringworld.tokens.family_vocab import FamilyVocab
 from ringworld.tokens.vocab import Vocab
 from ringworld.world.sim import WorldConfig
 from ringworld.world.tasks import (
@@ -36,15 +37,15 @@ MISSES_BEFORE_CLOSING = 8  # documents that did not fit before a world row is cl
 DRAWN_AT_ONCE = 8  # world documents sampled and encoded together (a row of 512 ids tries about 15)
 
 
-def drop_caption(doc: Encoded, vocab: Vocab) -> Encoded:
-    """The document without its leading prompt text when that text conditions an image or video
-    (text→image, text→video): what classifier-free guidance samples as the unconditional branch."""
+def drop_caption(doc: Encoded, vocab: Vocab | FamilyVocab) -> Encoded:
+    """The document without its leading text when that text conditions an image or video (text→image,
+    text→video; an ingested caption, which takes loss, too): what classifier-free guidance samples as the
+    unconditional branch."""
     ids = doc.ids
     opener = 1
-    while opener < len(ids) and vocab.is_text(int(ids[opener])) and not doc.loss_mask[opener]:
+    while opener < len(ids) and vocab.is_text(int(ids[opener])):
         opener += 1
-    vision_openers = {vocab.special("<|image|>"), vocab.special("<|video|>")}
-    if opener == 1 or opener >= len(ids) or int(ids[opener]) not in vision_openers:
+    if opener == 1 or opener >= len(ids) or int(ids[opener]) not in vocab.vision_openers:
         return doc
     keep = np.r_[0, opener : len(ids)]
     return Encoded(ids[keep], doc.loss_mask[keep], doc.modality[keep])

@@ -28,10 +28,10 @@ from ringworld.families import Family, family_named
 from ringworld.io import atomic_directory
 from ringworld.model.hf import from_hf, hf_weights, model_config
 from ringworld.model.transformer import ModelConfig, full_weights
+from ringworld.tokens.family import HF_DIR
 from ringworld.tokens.hf_vision import VISION_WEIGHTS
 from ringworld.train.checkpoint import WEIGHTS, read_config, resolve_checkpoint, save_model_checkpoint
 
-HF_DIR = "hf"  # in the tokenizer directory: the HF folder's own files
 WEIGHT_FILES = ("*.safetensors", "*.safetensors.index.json", "*.bin", "*.bin.index.json", "*.pt", "*.pth", "*.gguf")
 
 

@@ -5,6 +5,9 @@ DIR/vision/config.json      vision autoencoder config
 DIR/vision/model.safetensors
 DIR/vocab.json              id ranges of the one vocabulary (cells: video frames as changes), the image grid
 DIR/metrics.json            how well the vision tokenizer reconstructs, and the world it was trained on
+
+A run made by `ringworld import hf` has a tokenizer directory of another kind: DIR/hf/, the public
+family's own files (``ringworld.tokens.family``). ``load_codec`` reads either.
 """
 
 from __future__ import annotations
@@ -15,6 +18,7 @@ from pathlib import Path
 import torch
 
 from ringworld.tokens.codec import Codec
+from ringworld.tokens.family import HF_DIR, FamilyCodec
 from ringworld.tokens.text import TextTokenizer
 from ringworld.tokens.vision import VisionTokenizer
 from ringworld.tokens.vocab import Vocab
@@ -33,13 +37,16 @@ def save_tokenizers(
     (directory / "vocab.json").write_text(json.dumps(meta, indent=2) + "\n")
 
 
-def load_codec(directory: str | Path, device: str | torch.device = "cpu") -> Codec:
-    """The codec of a tokenizer directory written by ``ringworld tokenizer train``."""
+def load_codec(directory: str | Path, device: str | torch.device = "cpu") -> Codec | FamilyCodec:
+    """The codec of a tokenizer directory written by ``ringworld tokenizer train``, or of one in a run made
+    by ``ringworld import hf`` (the family's codec)."""
     directory = Path(directory)
+    if (directory / HF_DIR).is_dir():
+        return FamilyCodec.load(directory / HF_DIR, device=device)
     if not (directory / "vocab.json").exists():
         raise FileNotFoundError(
-            f"{directory} is not a tokenizer directory (no vocab.json); "
-            f"make one with `ringworld tokenizer train --out {directory}`"
+            f"{directory} is not a tokenizer directory (no vocab.json, no {HF_DIR}/); make one with "
+            f"`ringworld tokenizer train --out {directory}`, or import a model with `ringworld import hf`"
         )
     text = TextTokenizer.load(directory)
     vision = VisionTokenizer.load(directory / "vision", device=device)

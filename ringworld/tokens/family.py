@@ -1,7 +1,7 @@
 """A public family's folder as a codec: its token layout (``ringworld.tokens.layout``), read from its
 config's vocabulary map and its tokenizer, and ``FamilyCodec``, documents <-> ids in that layout.
 
-    layout = family_layout(checkpoint / "tokenizer" / "hf", grid=(64, 64))
+    layout = family_layout(checkpoint / "tokenizer" / HF_DIR, grid=(64, 64))
 
 transformers' own vocabulary mappings (``Emu3ImageVocabularyMapping``, ``ChameleonImageVocabularyMapping``)
 say which id stands for which code; Emu3's processor says how an image is written (its start token, the
@@ -19,9 +19,11 @@ from ringworld.documents import Document, Image, Text
 from ringworld.extras import transformers_module
 from ringworld.families import family_named
 from ringworld.tokens.codec import Encoded
+from ringworld.tokens.family_vocab import FamilyVocab
 from ringworld.tokens.hf_vision import HFVision
 from ringworld.tokens.layout import TokenLayout
-from ringworld.tokens.vocab import MODALITY_TEXT, MODALITY_VISION
+
+HF_DIR = "hf"  # in the tokenizer directory of a run made by `ringworld import hf`: the HF folder's own files
 
 
 def family_layout(hf_dir: str | Path, grid: tuple[int, int] = (0, 0)) -> TokenLayout:
@@ -63,14 +65,15 @@ def family_layout(hf_dir: str | Path, grid: tuple[int, int] = (0, 0)) -> TokenLa
 class FamilyCodec:
     """Documents of text and images <-> ids in a public family's layout: text through the folder's own
     tokenizer, images through its VQ tokenizer (``HFVision``) written as ``layout`` says. The families
-    write no videos or actions.
+    write no videos or actions. ``vocab`` is what training reads of its ids (``FamilyVocab``).
 
-        codec = FamilyCodec.load(checkpoint / "tokenizer" / "hf")
+        codec = FamilyCodec.load(checkpoint / "tokenizer" / HF_DIR)
         ids = codec.prompt([Text("describe this"), Image(pixels=frame)])   # <bos> text, image ids
     """
 
     def __init__(self, tokenizer, vision: HFVision | None, layout: TokenLayout) -> None:
         self.tokenizer, self.vision, self.layout = tokenizer, vision, layout
+        self.vocab = FamilyVocab.of_layout(layout)
 
     @classmethod
     def load(cls, hf_dir: str | Path, *, frame_size: int | None = None, device="cpu") -> FamilyCodec:
@@ -98,19 +101,11 @@ class FamilyCodec:
         loss.append(True)
         ids = np.concatenate(parts).astype(np.int64)
         mask = np.repeat(loss, [len(p) for p in parts])
-        return Encoded(ids, mask, self.modality(ids))
+        return Encoded(ids, mask, self.vocab.modality(ids))
 
     def prompt(self, doc: Document) -> np.ndarray:
         """(L,) the ids of ``doc`` without its end id: a prompt the model goes on from."""
         return self.encode(doc).ids[:-1]
-
-    def modality(self, ids: np.ndarray) -> np.ndarray:
-        """Modality label of each id, as ``Vocab.modality`` gives ringworld's: an image's codes, row ends and
-        framing ids are vision (Emu3's size, written as text, stays text); everything else is text."""
-        layout = self.layout
-        framing = [*layout.image_open[:1], *layout.image_open[-1:], *layout.image_close]
-        vision = np.isin(ids, layout.code_ids) | np.isin(ids, framing + ([layout.row_end] if layout.row_end else []))
-        return np.where(vision, MODALITY_VISION, MODALITY_TEXT).astype(np.uint8)
 
     def decode(self, ids: np.ndarray) -> Document:
         """The text and images of ``ids`` (images as codes). Lenient, for model samples: an id in an image's

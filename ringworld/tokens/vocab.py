@@ -117,6 +117,11 @@ class Vocab:
             raise ValueError(f"unknown special token {name!r}; the specials are {' '.join(SPECIAL_TOKENS)}")
         return self.special_ids.start + _SPECIAL_INDEX[name]
 
+    @property
+    def vision_openers(self) -> frozenset[int]:
+        """The ids that open an image or a video."""
+        return frozenset((self.special("<|image|>"), self.special("<|video|>")))
+
     def code_id(self, code: Any) -> Any:
         """Id of visual code ``code`` (an int or an integer array)."""
         codes = np.asarray(code)

@@ -140,7 +140,8 @@ class TrainConfig:
     background_weight: float = option(
         0.1,
         "loss weight of background-code targets (the most frequent visual code of the first batch), in (0, 1]; "
-        "inference adds log(1 / weight) to its logit, which undoes the bias the weight teaches",
+        "inference adds log(1 / weight) to its logit, which undoes the bias the weight teaches (not applied to "
+        "runs made by `ringworld import hf`)",
         "optimisation",
     )
     seed: int = option(0, "weights and data order", "optimisation")
@@ -258,10 +259,12 @@ class TrainConfig:
         return cls(**d)
 
     def model_config(self, vocab_size: int, base: dict | None = None) -> ModelConfig:
-        """The model to train; ``base`` (a checkpoint's model config, for ``init_from``) fixes its shape."""
+        """The model to train; ``base`` (a checkpoint's model config, for ``init_from``) fixes its shape, and
+        training on rows shorter than its context keeps that context (an imported model's, say)."""
         overrides = {"max_seq_len": self.seq_len, **self.model}
         if base is not None:
-            return ModelConfig.from_dict({**base, **overrides})
+            longest = max(self.seq_len, base.get("max_seq_len", 0))
+            return ModelConfig.from_dict({**base, **overrides, "max_seq_len": longest})
         if self.depth:
             return ModelConfig.from_depth(self.depth, vocab_size, **overrides)
         return ModelConfig.preset(self.preset, vocab_size, **overrides)

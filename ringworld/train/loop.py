@@ -93,8 +93,8 @@ def lr_at(cfg: TrainConfig, step: int, elapsed: float) -> float:
     return cfg.lr * factor
 
 
-def make_source(cfg: TrainConfig, codec, world: dict) -> WorldSource | ShardSource:
-    """The batches of ``cfg.data``; ``world``: the tokenizer's world settings (``world_settings``)."""
+def make_source(cfg: TrainConfig, codec, world: dict | None) -> WorldSource | ShardSource:
+    """The batches of ``cfg.data``; ``world``: the tokenizer's world settings (``world_settings``), for world data."""
     if cfg.data == "world":
         return world_source(
             codec,
@@ -216,6 +216,13 @@ def _train(
 ) -> TrainResult:
     run = Path(cfg.out)
     init = resolve_checkpoint(cfg.init_from) if cfg.init_from else None
+    hf = read_config(init).get("hf") if init is not None else None  # the public family it was imported from
+    if hf is not None and cfg.data == "world":
+        raise ValueError(
+            f"{cfg.init_from} was imported from a Hugging Face folder ({hf['family']}): it trains on your data, not "
+            f"the world's; ingest it with `ringworld data ingest SOURCE --tokenizer {cfg.init_from} --out SHARDS` "
+            "and pass --data SHARDS"
+        )
     if init is not None and not cfg.tokenizer:
         cfg = replace(cfg, tokenizer=str(init / "tokenizer"))
     resume_from = _prepare_run(cfg, run, resume, d)
@@ -235,13 +242,14 @@ def _train(
         check_same_shape(init, model_cfg)
         load_weights(init, model, d)
     optimizer = make_optimizer(model, cfg, d.device)
-    settings = world_settings(run / "tokenizer")
+    settings = world_settings(run / "tokenizer") if cfg.data == "world" else None  # judge: world data only
     if judge is not None:
         judge.check(settings)  # now, not at the first judged step
     source = make_source(cfg, codec, settings)
     base_weights = source.mixture() if isinstance(source, WorldSource) else {}  # what follow_curves scales
     rows = _global_rows(cfg, d)
-    background = _background_code(source, codec.vocab, resume_from or init)
+    # a family's inference adds no logit bias to undo the weight (ringworld.infer.imported): none is applied
+    background = None if hf is not None else _background_code(source, codec.vocab, resume_from or init)
     background_id = None if background is None else codec.vocab.code_id(background)
 
     start, elapsed, tokens_seen = 0, 0.0, 0
@@ -254,6 +262,8 @@ def _train(
         start, elapsed, tokens_seen = state["step"], state["elapsed_seconds"], state["tokens_seen"]
     tokens_at_start, seconds_at_start = tokens_seen, elapsed
     config = {"model": model_cfg.to_dict(), "train": cfg.to_dict(), "background_code": background}
+    if hf is not None:  # what load_imported and `export hf` read
+        config["hf"] = hf
     curves = None
     if cfg.eval_every and isinstance(source, WorldSource) and background is not None:
         if d.cp_group is None:
