@@ -15,7 +15,9 @@ request, from sending to the whole reply.
 
 The load test keeps 32 clients busy for ``--load-seconds`` (each going round the whole mix), counts
 replies by HTTP status, and gives the steady state's tokens/s against one at a time.
-Then ``bench/decode.py`` runs on the same checkpoint (batch-1 decoding against HF transformers).
+Then ``bench/decode.py`` runs on the same checkpoint (batch-1 decoding against HF transformers); for a run
+imported by ``ringworld import hf`` (an Emu3 draws; a Chameleon's image requests get 400s),
+``bench/hf_families.py`` makes that comparison instead.
 `--json FILE` writes ``concurrency32_speedup`` (tokens/s at 32 clients / one at a time),
 ``errors_5xx``, ``batch1_ratio`` (the decode path the server used: compiled unless ``--no-compile``;
 also ``batch1_ratio_eager`` and ``batch1_ratio_compiled``) and the per-concurrency rows.
@@ -42,6 +44,7 @@ import numpy as np
 from PIL import Image as PILImage
 
 from ringworld.cli.common import positive_int
+from ringworld.infer.imported import is_imported
 from ringworld.world.sim import random_state, render
 
 
@@ -148,6 +151,23 @@ def load(client, seconds: float, clients: int) -> tuple[Counter, int]:
     return sum((c for c, _ in done), Counter()), sum(t for _, t in done)
 
 
+def decode_ratios(checkpoint: Path, compile: bool) -> dict:
+    """bench/decode.py on ``checkpoint``: batch-1 decoding against HF transformers, printed and returned."""
+    with tempfile.TemporaryDirectory() as tmp:
+        decode = [sys.executable, str(Path(__file__).parent / "decode.py"), "--checkpoint", str(checkpoint)]
+        subprocess.run([*decode, "--compile", "--json", f"{tmp}/decode.json"], check=True, capture_output=True)
+        ratios = json.loads(Path(f"{tmp}/decode.json").read_text())
+    print(
+        f"\ndecode at batch 1 against HF transformers: {ratios['batch1_ratio_compiled']:.2f}x compiled "
+        f"(the default), {ratios['batch1_ratio']:.2f}x eager (bench/decode.py)"
+    )
+    return {  # batch1_ratio: the path the server decodes with (compiled, unless --no-compile)
+        "batch1_ratio": ratios["batch1_ratio_compiled" if compile else "batch1_ratio"],
+        "batch1_ratio_eager": ratios["batch1_ratio"],
+        "batch1_ratio_compiled": ratios["batch1_ratio_compiled"],
+    }
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", type=Path, default=Path("runs/demo/model"), help="the run to serve")
@@ -219,20 +239,10 @@ def main() -> None:
                 f"\nload: 32 clients for {args.load_seconds:g} s: replies by status {dict(statuses)}; "
                 f"{rate:,.0f} tokens/s, {rate / rows[0]['tokens_per_s']:.2f}x one at a time"
             )
-        with tempfile.TemporaryDirectory() as tmp:
-            decode = [sys.executable, str(Path(__file__).parent / "decode.py"), "--checkpoint", str(args.checkpoint)]
-            subprocess.run([*decode, "--compile", "--json", f"{tmp}/decode.json"], check=True, capture_output=True)
-            ratios = json.loads(Path(f"{tmp}/decode.json").read_text())
-        # batch1_ratio: the path the server decodes with (compiled, unless --no-compile)
-        result["batch1_ratio"] = ratios["batch1_ratio_compiled" if args.compile else "batch1_ratio"]
-        result |= {
-            "batch1_ratio_eager": ratios["batch1_ratio"],
-            "batch1_ratio_compiled": ratios["batch1_ratio_compiled"],
-        }
-        print(
-            f"\ndecode at batch 1 against HF transformers: {ratios['batch1_ratio_compiled']:.2f}x compiled "
-            f"(the default), {ratios['batch1_ratio']:.2f}x eager (bench/decode.py)"
-        )
+        if is_imported(args.checkpoint):
+            print("\nan imported run: bench/hf_families.py compares its decoding with transformers' generate")
+        else:
+            result |= decode_ratios(args.checkpoint, args.compile)
         errors = result.get("errors_5xx", "-")
         print(f"\nconcurrency32_speedup {result['concurrency32_speedup']:.2f}  errors_5xx {errors}")
         if args.json:

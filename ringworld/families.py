@@ -38,6 +38,7 @@ FAMILIES = {
         ),
     )
 }
+TEXT_ONLY = "{family} models read and write text only: they have no VQ tokenizer, so they take no images"
 CANNOT_DRAW = (
     "{family} cannot draw: its VQ decoder was never released, so its image codes have no pixels; "
     "it reads images (captions, questions) but writes text only"

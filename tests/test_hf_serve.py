@@ -17,7 +17,7 @@ openai = pytest.importorskip("openai", reason="the openai client is a dev extra:
 import hf_models  # noqa: E402
 
 from ringworld.cli import main  # noqa: E402
-from ringworld.infer.imported import CAPTION_QUESTION, draw, load_imported, reply  # noqa: E402
+from ringworld.infer.imported import CAPTION_QUESTION, answers, draw, load_imported, question_prompt, reply  # noqa: E402
 from ringworld.infer.tasks import DRAWING  # noqa: E402
 
 pytestmark = pytest.mark.slow
@@ -25,7 +25,7 @@ pytestmark = pytest.mark.slow
 
 def _imported(family: str, tmp_path_factory):
     folder = tmp_path_factory.mktemp(family)
-    hf = hf_models.emu3() if family == "emu3" else hf_models.chameleon()
+    hf = {"emu3": hf_models.emu3, "chameleon": hf_models.chameleon, "llama": hf_models.llama}[family]()
     hf_models.save(hf, folder / "hf")
     assert main(["import", "hf", str(folder / "hf"), "--out", str(folder / "run")]) == 0
     return folder / "run"
@@ -106,6 +106,21 @@ def test_text_alone_and_what_a_family_cannot_do(served) -> None:
     gif = "data:image/gif;base64," + base64.b64encode(buffer.getvalue()).decode()
     with pytest.raises(openai.BadRequestError, match="read images, not videos"):
         _ask(client, [{"type": "image_url", "image_url": {"url": gif}}])
+
+
+def test_a_text_family_chats_and_says_it_takes_no_images(tmp_path_factory) -> None:
+    """LWM-Text (Llama) answers text as the imported run does; an image, or a drawing, gets a 400."""
+    im = load_imported(_imported("llama", tmp_path_factory), "cpu")
+    live = LiveServer(im)
+    try:
+        client = openai.OpenAI(base_url=live.url + "/v1", api_key="unused", max_retries=0)
+        assert _ask(client, "hello") == answers(im, [question_prompt(im, None, "hello")], max_new_tokens=12)[0]
+        with pytest.raises(openai.BadRequestError, match="llama models read and write text only"):
+            _ask(client, [{"type": "image_url", "image_url": {"url": _data_uri(_image())}}])
+        with pytest.raises(openai.BadRequestError, match="llama models read and write text only"):
+            client.images.generate(model="tiny", prompt="a red apple", size="64x64")
+    finally:
+        live.close()
 
 
 def test_serve_runs_an_imported_run_in_a_process_of_its_own(tmp_path_factory) -> None:

@@ -20,7 +20,7 @@ import torch
 from ringworld.device import default_device
 from ringworld.documents import Document, Image, Text
 from ringworld.extras import transformers_module
-from ringworld.families import CANNOT_DRAW, Family, family_named
+from ringworld.families import CANNOT_DRAW, TEXT_ONLY, Family, family_named
 from ringworld.infer.engine import Engine, Prefill
 from ringworld.infer.sampling import Sampling
 from ringworld.infer.tasks import DEFAULT_GUIDANCE, DRAWING
@@ -41,7 +41,7 @@ class ImportedModel:
     def frame_size(self) -> int:
         """The side of the square frames its VQ tokenizer takes."""
         if self.codec.vision is None:
-            raise ValueError(f"{self.family.name} models read and write text only: they take no images")
+            raise ValueError(TEXT_ONLY.format(family=self.family.name))
         return self.codec.vision.frame_size
 
 
@@ -76,6 +76,8 @@ def is_imported(run: str | Path) -> bool:
 
 def drawing_prompts(im: ImportedModel, caption: str) -> tuple[np.ndarray, np.ndarray]:
     """The prompt that opens an image after ``caption``, and the opening alone, which guidance mixes against."""
+    if im.codec.vision is None:
+        raise ValueError(TEXT_ONLY.format(family=im.family.name))
     if not im.family.draws:
         raise ValueError(CANNOT_DRAW.format(family=im.family.name))
     if not caption.strip():

@@ -250,11 +250,11 @@ def make_app(front: Front, worker: Worker, *, name: str, limits: Limits = Limits
         check_model(body.model)
         if body.n > limits.max_images:
             raise ApiError(400, f"n is {body.n}; this server draws at most {limits.max_images} at once", param="n")
-        scale = image_scale(body.size, front.frame_size)
         try:
             drawing = front.drawing(body.prompt)
         except ValueError as e:
             raise ApiError(400, str(e), param="prompt") from e
+        scale = image_scale(body.size, front.frame_size)
         seed = body.seed or 0
         requests = [
             Request(
@@ -390,8 +390,8 @@ def chat_prompt(front: Front, body: ChatBody, limits: Limits) -> np.ndarray:
         raise ApiError(400, "one image or video a message, please", param="messages")
     if not urls and not text:
         raise ApiError(400, "the message is empty: send text, an image, or both", param="messages")
-    media = read_data_uri(urls[0], front.frame_size, limits.max_frames) if urls else None
     try:
+        media = read_data_uri(urls[0], front.frame_size, limits.max_frames) if urls else None
         return front.question(media, text)
     except ValueError as e:
         raise ApiError(400, str(e), param="messages") from e

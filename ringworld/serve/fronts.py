@@ -16,7 +16,6 @@ import numpy as np
 import torch
 
 from ringworld.documents import Image, Text, Video
-from ringworld.families import CANNOT_DRAW
 from ringworld.infer import imported, tasks
 from ringworld.infer.imported import ImportedModel
 from ringworld.infer.tasks import WorldModel
@@ -78,12 +77,14 @@ class FamilyFront:
     def __init__(self, im: ImportedModel) -> None:
         self.family, self.engine, self.checkpoint = im.family, im.engine, im.checkpoint
         self.model = im
-        self.frame_size = im.frame_size if im.codec.vision is not None else 0
         self.eos = im.codec.layout.eos
 
+    @property
+    def frame_size(self) -> int:
+        """The side of the frames it reads (a ValueError for a family that takes no images)."""
+        return self.model.frame_size
+
     def question(self, media: np.ndarray | None, text: str) -> np.ndarray:
-        if media is not None and self.model.codec.vision is None:
-            raise ValueError(f"{self.family.name} models read text only: send the message without its image")
         if media is not None and media.ndim == 4:
             raise ValueError(f"{self.family.name} models read images, not videos: send a PNG or a JPEG")
         if media is not None and asks_caption(text):
@@ -94,8 +95,6 @@ class FamilyFront:
         return imported.answer_text(self.model, tokens)
 
     def drawing(self, caption: str) -> Drawing:
-        if not self.family.draws:
-            raise ValueError(CANNOT_DRAW.format(family=self.family.name))
         prompt, uncond = imported.drawing_prompts(self.model, caption)
         return Drawing(prompt, uncond, imported.drawing_budget(self.model))
 
