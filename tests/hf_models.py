@@ -142,11 +142,13 @@ def family_processor(family: str, tok):
     return transformers.ChameleonProcessor(image_processor=processor(family), tokenizer=tok, image_seq_length=256)
 
 
-def save(hf, folder):
-    """An HF model folder as `save_pretrained` writes it, with its tokenizer and, for the families that
-    read images, its image processor."""
+def save(hf, folder, *, chat_template: str | None = None):
+    """An HF model folder as `save_pretrained` writes it, with its tokenizer (and its ``chat_template``, if
+    given) and, for the families that read images, its image processor."""
     hf.save_pretrained(folder)
-    tokenizer(vocabulary_of(hf)).save_pretrained(folder)
+    tok = tokenizer(vocabulary_of(hf))
+    tok.chat_template = chat_template
+    tok.save_pretrained(folder)
     if hf.config.model_type in ("emu3", "chameleon"):
         processor(hf.config.model_type).save_pretrained(folder)
     return folder

@@ -17,13 +17,21 @@ import hf_models  # noqa: E402
 from ringworld.cli import main  # noqa: E402
 from ringworld.eval.needle import FamilyNeedles  # noqa: E402
 from ringworld.infer.imported import load_imported  # noqa: E402
-from ringworld.world.needle import needle_document, prompt_length  # noqa: E402
+from ringworld.world.needle import needle_document  # noqa: E402
 from ringworld.world.sim import WorldConfig  # noqa: E402
+
+# a chat template over the tiny vocabulary (printable ASCII): the user's turn, then the assistant's
+TEMPLATE = (
+    "{% for m in messages %}<s>USER: {{ m['content'] }} {% endfor %}{% if add_generation_prompt %}BOT:{% endif %}"
+)
 
 
 def _imported(family: str, tmp_path):
-    hf = hf_models.llama(theta=1e7) if family == "llama" else hf_models.emu3()
-    hf_models.save(hf, tmp_path / "hf")
+    """A run imported from a tiny Llama whose tokenizer has a chat template, or from a tiny Emu3 (none)."""
+    if family == "llama":
+        hf_models.save(hf_models.llama(theta=1e7), tmp_path / "hf", chat_template=TEMPLATE)
+    else:
+        hf_models.save(hf_models.emu3(), tmp_path / "hf")
     assert main(["import", "hf", str(tmp_path / "hf"), "--out", str(tmp_path / "run")]) == 0
     return tmp_path / "run"
 
@@ -35,9 +43,13 @@ def test_a_family_needle_is_sized_in_its_own_ids_and_asked_as_one_turn(family, t
     for depth in (0.0, 0.5, 1.0):
         needle = needle_document("text", asked, 300, depth, np.random.default_rng(1), WorldConfig())
         prompt = asked.encode(needle.document[:-1])
-        assert 300 - 60 < prompt_length(asked, needle) == len(prompt) <= 300
+        assert 300 - 60 < len(prompt) <= 300
         words = im.codec.tokenizer.decode(prompt, skip_special_tokens=True)
-        assert f"magic number is {needle.answer}." in words and words.rstrip().endswith("?")
+        assert f"magic number is {needle.answer}." in words
+        if family == "llama":  # one user turn in the tokenizer's chat template, then the assistant's
+            assert words.startswith("USER: ") and words.endswith("? BOT:") and prompt[0] == im.codec.layout.bos
+        else:
+            assert words.rstrip().endswith("?")
 
 
 @pytest.mark.slow
@@ -50,7 +62,6 @@ def test_eval_needle_on_an_imported_run_and_through_a_ring_of_two(tmp_path, caps
     assert result["kinds"] == ["text"]  # the default for a family, which reads no video
     for cell in result["cells"]:
         assert cell["length"] - 16 - 60 < cell["prompt_tokens"] <= cell["length"] - 16
-        assert cell["accuracy"] in (0.0, 0.5, 1.0)
     assert "text  (mean accuracy" in capsys.readouterr().out
 
     assert main([*args, "--kinds", "video"]) == 2

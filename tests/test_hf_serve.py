@@ -97,9 +97,16 @@ def test_emu3_draws_through_the_images_endpoint_and_chameleon_says_it_cannot(ser
 
 def test_text_alone_and_what_a_family_cannot_do(served) -> None:
     family, im, live, client = served
-    assert isinstance(_ask(client, "hello"), str)
+    assert _ask(client, "hello") == answers(im, [question_prompt(im, None, "hello")], max_new_tokens=12)[0]
     with pytest.raises(openai.BadRequestError, match="make no videos"):
         client.post("/world/rollout", body={"frames": [_data_uri(_image())], "steps": 1}, cast_to=object)
+    with pytest.raises(openai.BadRequestError, match="make no videos"):
+        client.post("/videos", body={"prompt": "a red apple falls"}, cast_to=object)
+    opener = im.codec.tokenizer.convert_ids_to_tokens(im.codec.layout.image_open[0])
+    with pytest.raises(openai.BadRequestError, match="opens an image"):  # typed by a user: it would open one
+        client.chat.completions.create(
+            model="tiny", messages=[{"role": "user", "content": f"hi {opener}"}], max_tokens=4, temperature=1.0
+        )
     frames = [PILImage.fromarray(_image(i)) for i in range(2)]
     buffer = io.BytesIO()
     frames[0].save(buffer, format="GIF", save_all=True, append_images=frames[1:])

@@ -97,12 +97,17 @@ def test_packed_loss_and_gradients_equal_documents_one_by_one(qk_norm, kernel, m
     batch = pack(docs, seq_len=40, pad_id=PAD)
     assert batch.shape[0] >= 3 and (batch.segment_ids[0].unique() >= 0).sum() >= 2  # really packed
 
+    assert_packed_is_one_by_one(model, docs, batch, weights)
+
+
+def assert_packed_is_one_by_one(model, docs, batch, weights) -> None:
+    """The balanced loss of the packed ``batch`` of ``docs``, and its gradients, equal the documents' run
+    one by one (1e-5, fp32)."""
     logits = model(batch.ids, segment_ids=batch.segment_ids, positions=batch.positions)
     packed = balanced_loss(modality_sums(logits, batch), modality_counts(batch), weights)
     packed.backward()
     packed_grads = {n: p.grad.clone() for n, p in model.named_parameters()}
     model.zero_grad()
-
     reference = one_by_one_loss(model, docs, weights)
     reference.backward()
     assert abs(packed.item() - reference.item()) <= 1e-5

@@ -28,6 +28,7 @@ from tqdm import tqdm
 from ringworld import media
 from ringworld.data.shards import INDEX, ShardWriter
 from ringworld.documents import Document, Image, Text, Video
+from ringworld.families import TEXT_ONLY
 from ringworld.io import atomic_directory
 from ringworld.tokens.codec import Codec
 from ringworld.tokens.family import FamilyCodec
@@ -36,7 +37,6 @@ CAPTIONS = "captions.jsonl"
 TEXT_SUFFIXES = {".txt"}
 SOURCE_SUFFIXES = media.IMAGE_SUFFIXES | media.VIDEO_SUFFIXES | TEXT_SUFFIXES
 NO_VIDEOS = "a video: this tokenizer (a public family's) writes no videos; save the frames you want as images"
-NO_IMAGES = "an image: this tokenizer (a public family's without a VQ tokenizer) writes text only"
 
 
 @dataclass
@@ -179,9 +179,10 @@ def ingest(
 
     frame_size = None if codec.vision is None else codec.vision.frame_size
     unwritten = {}  # what the codec cannot write: kind -> why
-    if codec.vision is None:
-        unwritten = {"image": NO_IMAGES, "video": NO_IMAGES}
-    elif codec.layout.video is None:  # a public family's codec
+    if isinstance(codec, FamilyCodec) and codec.vision is None:
+        text_only = TEXT_ONLY.format(family=codec.family.name)
+        unwritten = {"image": text_only, "video": text_only}
+    elif isinstance(codec, FamilyCodec):
         unwritten = {"video": NO_VIDEOS}
     readable = [rel for rel in files if kind_of(rel) not in unwritten]
     skipped = [(rel, unwritten[kind_of(rel)]) for rel in files if kind_of(rel) in unwritten]  # (file, why)

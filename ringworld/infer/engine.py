@@ -34,6 +34,7 @@ from ringworld.infer.sampling import GREEDY, Sampling, guide, sample
 from ringworld.model.transformer import KVCache, Transformer
 from ringworld.tokens.codec import Codec
 from ringworld.tokens.family import FamilyCodec
+from ringworld.tokens.layout import TokenLayout
 
 
 class Prefill(Protocol):
@@ -70,7 +71,7 @@ class Generation:
 
 class Engine:
     """Generation with one model and its codec (ringworld's, or a public family's: the engine reads its
-    ``layout``); ``compile=True`` compiles the one-token decode step
+    ``layout``, or the ``layout`` given); ``compile=True`` compiles the one-token decode step
     (``infer/compiled.py``: 6x HF transformers at batch 1 on CPU, after 7-18 s of compiling, so
     worth it where many tokens follow: ``ringworld serve`` turns it on)."""
 
@@ -82,8 +83,9 @@ class Engine:
         compile: bool = False,
         prefill: Prefill | None = None,
         logit_bias: torch.Tensor | None = None,
+        layout: TokenLayout | None = None,
     ) -> None:
-        layout = codec.layout
+        layout = layout or codec.layout  # what the grammar follows: the codec's, unless said otherwise
         if model.cfg.vocab_size != layout.vocab_size:
             raise ValueError(
                 f"the model's vocabulary has {model.cfg.vocab_size} ids but the tokenizer's has "

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from functools import cached_property
 from pathlib import Path
 
 import numpy as np
@@ -24,7 +25,7 @@ from ringworld.families import CANNOT_DRAW, TEXT_ONLY, Family, family_named
 from ringworld.infer.engine import Engine, Prefill
 from ringworld.infer.sampling import Sampling
 from ringworld.infer.tasks import DEFAULT_GUIDANCE, DRAWING
-from ringworld.tokens.family import FamilyCodec
+from ringworld.tokens.family import HF_DIR, FamilyCodec
 from ringworld.train.checkpoint import load_model, read_config, resolve_checkpoint
 
 CAPTION_QUESTION = "Describe the image."  # what an imported model is asked for a caption
@@ -36,6 +37,15 @@ class ImportedModel:
     codec: FamilyCodec
     family: Family
     checkpoint: Path
+
+    @cached_property
+    def processor(self):
+        """The folder's processor (its image processor and tokenizer, and the chat template it writes a turn
+        holding an image with), or None for a family without one (LWM-Text)."""
+        try:
+            return transformers_module().AutoProcessor.from_pretrained(self.checkpoint / "tokenizer" / HF_DIR)
+        except (OSError, ValueError, TypeError):
+            return None
 
     @property
     def frame_size(self) -> int:
@@ -60,12 +70,13 @@ def load_imported(
     if "hf" not in config:
         raise ValueError(f"{checkpoint} was not imported from a Hugging Face folder; load it with load_world_model")
     family = family_named(config["hf"]["family"])
-    codec = FamilyCodec.load(checkpoint / "tokenizer" / "hf", device=device)
-    bias = None
-    if not family.draws and len(codec.layout.code_ids):  # it reads images but never writes one
-        bias = torch.zeros(model.cfg.vocab_size)
+    codec = FamilyCodec.load(checkpoint / "tokenizer" / HF_DIR, device=device)
+    bias, layout = None, codec.layout
+    if not family.draws and len(codec.layout.code_ids):  # it reads images but never writes one: as in transformers,
+        bias = torch.zeros(model.cfg.vocab_size)  # no code is ever picked, and no image span opens
         bias[torch.from_numpy(codec.layout.code_ids)] = float("-inf")
-    engine = Engine(model, codec, compile=compile, prefill=prefill, logit_bias=bias)
+        layout = codec.layout.without_images()
+    engine = Engine(model, codec, compile=compile, prefill=prefill, logit_bias=bias, layout=layout)
     return ImportedModel(engine, codec, family, checkpoint)
 
 
@@ -115,8 +126,14 @@ def draw(
 
 
 def question_prompt(im: ImportedModel, image: np.ndarray | None, question: str) -> np.ndarray:
-    """The ids that ask ``question`` (about ``image``, if given) and leave the answer to the model."""
-    return im.codec.prompt(chat(im, image, question))
+    """The ids that ask ``question`` (about ``image``, if given) and leave the answer to the model. A
+    question that writes the family's image-opening token itself is refused: it would open an image."""
+    ids = im.codec.prompt(chat(im, image, question))
+    layout = im.codec.layout
+    if layout.image_open and int(np.sum(ids == layout.image_open[0])) != (image is not None):
+        name = im.codec.tokenizer.convert_ids_to_tokens(layout.image_open[0])
+        raise ValueError(f"the question holds {name}, which opens an image in {im.family.name}'s layout; leave it out")
+    return ids
 
 
 def answer_text(im: ImportedModel, tokens: np.ndarray) -> str:
@@ -148,32 +165,22 @@ def answers(
 
 
 def chat(im: ImportedModel, image: np.ndarray | None, question: str) -> Document:
-    """The user's turn holding ``image`` (if any) and ``question``, as the folder's processor writes it with
-    its chat template (up to the assistant's turn), else the image then the question."""
+    """The user's turn holding ``image`` (if any) and ``question``, up to the assistant's turn, in the
+    folder's chat template where it has one: its processor's for a turn with an image (or any turn, if
+    the processor has one), else its tokenizer's; without a template, the image then the question."""
     seen = [] if image is None else [Image(pixels=image)]
-    template = _chat_template(im)
-    if template is None:
+    processor = im.processor
+    if processor is not None and getattr(processor, "chat_template", None) and hasattr(processor, "image_token"):
+        content = [{"type": "image"}] if image is not None else []
+        message = [{"role": "user", "content": [*content, {"type": "text", "text": question}]}]
+        text = processor.apply_chat_template(message, add_generation_prompt=True, tokenize=False)
+    elif image is None and im.codec.tokenizer.chat_template:
+        message = [{"role": "user", "content": question}]
+        text = im.codec.tokenizer.apply_chat_template(message, add_generation_prompt=True, tokenize=False)
+    else:
         return [*seen, Text(question)]
-    processor, marker = template
-    content = [{"type": "image"}] if image is not None else []
-    message = [{"role": "user", "content": [*content, {"type": "text", "text": question}]}]
-    text = processor.apply_chat_template(message, add_generation_prompt=True, tokenize=False)
-    bos = im.codec.tokenizer.bos_token or ""
-    text = text.removeprefix(bos)  # the codec writes the family's begin id itself
+    text = text.removeprefix(im.codec.tokenizer.bos_token or "")  # the codec writes the family's begin id itself
     if image is None:
         return [Text(text)]
-    before, _, after = text.partition(marker)
+    before, _, after = text.partition(processor.image_token)
     return [*([Text(before)] if before else []), *seen, *([Text(after)] if after else [])]
-
-
-def _chat_template(im: ImportedModel):
-    """(the folder's processor, its image placeholder), if it has a chat template."""
-    transformers = transformers_module()
-    folder = im.checkpoint / "tokenizer" / "hf"
-    try:
-        processor = transformers.AutoProcessor.from_pretrained(folder)
-    except (OSError, ValueError, TypeError):
-        return None
-    if getattr(processor, "chat_template", None) is None or not hasattr(processor, "image_token"):
-        return None
-    return processor, processor.image_token

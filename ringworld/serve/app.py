@@ -104,7 +104,7 @@ def make_app(front: Front, worker: Worker, *, name: str, limits: Limits = Limits
     """The API for ``front``'s model: a ringworld world model serves every endpoint; a run imported from a
     public family serves chat, and images where the family draws (Emu3); its videos and rollouts get a 400."""
     app = FastAPI(title="ringworld", description="a world model, served")
-    wm = front.world  # None for an imported family: no videos, no rollouts
+    wm = front.wm  # None for an imported family: no videos, no rollouts
     tasks_wm = None if wm is None else served(wm, worker, limits.timeout_s)  # multi-step tasks, through the batch
     videos: OrderedDict[str, tuple[dict, bytes, str]] = OrderedDict()  # the last few made
 

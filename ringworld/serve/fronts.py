@@ -39,10 +39,10 @@ class Drawing:
 
 class WorldFront:
     """A ringworld world model: it answers about images and videos, draws images and videos, and rolls
-    its world forward (``world``, for the video and rollout endpoints)."""
+    its world forward (``wm``, for the video and rollout endpoints)."""
 
     def __init__(self, wm: WorldModel) -> None:
-        self.world, self.engine, self.checkpoint = wm, wm.engine, wm.checkpoint
+        self.wm, self.engine, self.checkpoint = wm, wm.engine, wm.checkpoint
         self.frame_size = wm.frame_size
         self.eos = wm.codec.vocab.special("<|eos|>")
 
@@ -50,29 +50,29 @@ class WorldFront:
         """The prompt that asks ``text`` about ``media`` ((H, W, 3) image, (T, H, W, 3) video, or None);
         media with no text, or with "describe ...", asks for its caption."""
         if media is None:
-            return tasks.question_prompt(self.world, [Text(text)])
+            return tasks.question_prompt(self.wm, [Text(text)])
         seen = Image(pixels=media) if media.ndim == 3 else Video(pixels=media)
         if asks_caption(text):
             text = CAPTION_PROMPT
-        return tasks.question_prompt(self.world, [seen, Text(text)])
+        return tasks.question_prompt(self.wm, [seen, Text(text)])
 
     def answer(self, prompt: np.ndarray, tokens: np.ndarray) -> str:
-        return tasks.answer_text(self.world, prompt, tokens)
+        return tasks.answer_text(self.wm, prompt, tokens)
 
     def drawing(self, caption: str) -> Drawing:
-        prompt, uncond = tasks.drawing_prompts(self.world, caption, Image)
-        budget = tasks.drawing_budget(self.world, Image, 1)
+        prompt, uncond = tasks.drawing_prompts(self.wm, caption, Image)
+        budget = tasks.drawing_budget(self.wm, Image, 1)
         return Drawing(prompt, uncond, budget["max_new_tokens"], budget["stop"])
 
     def image(self, prompt: np.ndarray, tokens: np.ndarray) -> np.ndarray:
-        return tasks.decoded_media(self.world, np.r_[prompt, tokens], Image)
+        return tasks.decoded_media(self.wm, np.r_[prompt, tokens], Image)
 
 
 class FamilyFront:
     """A run imported from a public family: it answers about one image at a time, and draws where the
-    family can (Emu3); it makes no videos (``world`` is None)."""
+    family can (Emu3); it makes no videos (``wm`` is None)."""
 
-    world = None
+    wm = None
 
     def __init__(self, im: ImportedModel) -> None:
         self.family, self.engine, self.checkpoint = im.family, im.engine, im.checkpoint

@@ -17,7 +17,7 @@ import numpy as np
 
 from ringworld.documents import Document, Image, Text
 from ringworld.extras import transformers_module
-from ringworld.families import family_named
+from ringworld.families import TEXT_ONLY, Family, family_named
 from ringworld.tokens.codec import Encoded
 from ringworld.tokens.family_vocab import FamilyVocab
 from ringworld.tokens.hf_vision import HFVision
@@ -71,18 +71,19 @@ class FamilyCodec:
         ids = codec.prompt([Text("describe this"), Image(pixels=frame)])   # <bos> text, image ids
     """
 
-    def __init__(self, tokenizer, vision: HFVision | None, layout: TokenLayout) -> None:
-        self.tokenizer, self.vision, self.layout = tokenizer, vision, layout
+    def __init__(self, family: Family, tokenizer, vision: HFVision | None, layout: TokenLayout) -> None:
+        self.family, self.tokenizer, self.vision, self.layout = family, tokenizer, vision, layout
         self.vocab = FamilyVocab.of_layout(layout)
 
     @classmethod
     def load(cls, hf_dir: str | Path, *, frame_size: int | None = None, device="cpu") -> FamilyCodec:
         transformers = transformers_module()
         tokenizer = transformers.AutoTokenizer.from_pretrained(hf_dir)
-        if family_named(transformers.AutoConfig.from_pretrained(hf_dir).model_type).vision is None:
-            return cls(tokenizer, None, family_layout(hf_dir))
+        family = family_named(transformers.AutoConfig.from_pretrained(hf_dir).model_type)
+        if family.vision is None:
+            return cls(family, tokenizer, None, family_layout(hf_dir))
         vision = HFVision.load(hf_dir, frame_size=frame_size, device=device)
-        return cls(tokenizer, vision, family_layout(hf_dir, vision.grid))
+        return cls(family, tokenizer, vision, family_layout(hf_dir, vision.grid))
 
     def encode(self, doc: Document) -> Encoded:
         """A whole document, for training: the family's begin id, each segment (text as the tokenizer splits
@@ -143,5 +144,5 @@ class FamilyCodec:
 
     def _vision(self) -> HFVision:
         if self.vision is None:
-            raise ValueError("this family reads and writes text only: it has no VQ tokenizer")
+            raise ValueError(TEXT_ONLY.format(family=self.family.name))
         return self.vision

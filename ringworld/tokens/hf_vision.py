@@ -20,7 +20,7 @@ import torch
 from safetensors.torch import load_file
 
 from ringworld.extras import transformers_module
-from ringworld.families import CANNOT_DRAW, Family, family_named
+from ringworld.families import CANNOT_DRAW, TEXT_ONLY, Family, family_named
 
 VISION_WEIGHTS = "vision.safetensors"  # beside the HF folder's config.json: the VQ tokenizer's weights
 
@@ -50,7 +50,7 @@ class HFVision:
         config = transformers.AutoConfig.from_pretrained(hf_dir)
         family = family_named(config.model_type)
         if family.vision is None:
-            raise ValueError(f"{family.name} models read and write text only: there is no VQ tokenizer to load")
+            raise ValueError(TEXT_ONLY.format(family=family.name))
         if not (hf_dir / VISION_WEIGHTS).is_file():
             raise ValueError(f"{hf_dir} has no {VISION_WEIGHTS}: import the model with `ringworld import hf` again")
         vq = getattr(transformers, family.vision)(config.vq_config)

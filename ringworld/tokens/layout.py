@@ -13,7 +13,7 @@ Only ringworld's layout has videos (``VideoLayout``): the families write images 
 
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import numpy as np
 
@@ -60,6 +60,11 @@ class TokenLayout:
     def body_length(self) -> int:
         """Ids of an image's rows, without its opening and closing ids."""
         return self.grid[0] * self.row_length
+
+    def without_images(self) -> TokenLayout:
+        """This layout for a model that writes no image (it reads them in prompts): no span opens, so an
+        image's opening id is an id like any other, and the codes are never written."""
+        return replace(self, grid=(0, 0), image_open=(), row_end=None, image_close=())
 
     def image_ids(self, codes: np.ndarray) -> np.ndarray:
         """(h, w) codes -> the ids of the image: opening, rows, closing."""
